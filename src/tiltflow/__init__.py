@@ -1,0 +1,3 @@
+"""tiltflow: fiducial alignment and reconstruction of electron-tomography tilt series."""
+
+__version__ = "0.1.0"

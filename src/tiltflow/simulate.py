@@ -1,0 +1,171 @@
+"""Simulated fiducial tilt series with known truth (demo data and tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from . import projection
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationSpec:
+    """Geometry and errors of a simulated tilt series.
+
+    Attributes
+    ----------
+    n_views : int
+    tilt_min_deg, tilt_max_deg : float
+        Nominal tilt range, evenly spaced, acquired in increasing order.
+    n_markers : int
+    n_full_tracks : int
+        Markers observed in every view; the others are seen in a random
+        contiguous run of views (``track_fraction`` of the series).
+    track_fraction : tuple of 2 floats
+        Range of the fraction of views a partial track covers.
+    width, height : int
+        Image size in pixels.
+    thickness_px : float
+        Distance between the two bead surfaces (beads on top and bottom).
+    tilt_axis_deg : float
+        True mean tilt-axis angle (IMOD RotationAngle convention).
+    rotation_sd_deg : float
+        Per-view scatter of the in-plane rotation about the mean.
+    tilt_offset_deg, tilt_jitter_deg : float
+        True tilt = nominal + offset + N(0, jitter).
+    mag_drift : float
+        Linear scale change over the acquisition (0.02 = 2 %), plus 10 %
+        of it as random scatter.
+    shift_max_px : float
+        View shifts are a random walk scaled to lie within +-shift_max_px.
+    noise_px : float
+        Standard deviation of the Gaussian picking error per coordinate.
+    seed : int
+    """
+
+    n_views: int = 61
+    tilt_min_deg: float = -60.0
+    tilt_max_deg: float = 60.0
+    n_markers: int = 20
+    n_full_tracks: int = 20
+    track_fraction: tuple = (0.3, 0.8)
+    width: int = 1024
+    height: int = 1024
+    thickness_px: float = 200.0
+    tilt_axis_deg: float = -12.5
+    rotation_sd_deg: float = 0.1
+    tilt_offset_deg: float = 0.0
+    tilt_jitter_deg: float = 0.0
+    mag_drift: float = 0.0
+    shift_max_px: float = 20.0
+    noise_px: float = 0.5
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatedSeries:
+    """A simulated series: observations and the truth behind them.
+
+    Attributes
+    ----------
+    marker, view : ndarray of int, shape (n_obs,)
+        0-based marker and view of each observation.
+    xy_px : ndarray, shape (n_obs, 2)
+        Observed (noisy) positions.
+    nominal_tilt_deg : ndarray, shape (n_views,)
+    views : ndarray, shape (n_views, 5)
+        True view parameters (:data:`tiltflow.projection.VIEW_COLUMNS`).
+    points_xyz_px : ndarray, shape (n_markers, 3)
+        True marker positions.
+    width, height : int
+    tilt_axis_deg : float
+        The nominal tilt-axis angle to give the aligner.
+    """
+
+    marker: np.ndarray
+    view: np.ndarray
+    xy_px: np.ndarray
+    nominal_tilt_deg: np.ndarray
+    views: np.ndarray
+    points_xyz_px: np.ndarray
+    width: int
+    height: int
+    tilt_axis_deg: float
+
+    @property
+    def centre_xy_px(self):
+        return (self.width / 2.0, self.height / 2.0)
+
+
+def simulate(spec: SimulationSpec) -> SimulatedSeries:
+    """Draw a tilt series of marker observations from ``spec``."""
+    rng = np.random.default_rng(spec.seed)
+    n_v, n_m = spec.n_views, spec.n_markers
+    nominal = np.linspace(spec.tilt_min_deg, spec.tilt_max_deg, n_v)
+    tilt = nominal + spec.tilt_offset_deg + rng.normal(0.0, spec.tilt_jitter_deg, n_v)
+    rot = spec.tilt_axis_deg + rng.normal(0.0, spec.rotation_sd_deg, n_v)
+    ramp = np.linspace(-0.5, 0.5, n_v)
+    scale = 1.0 + spec.mag_drift * ramp + 0.1 * spec.mag_drift * rng.normal(0.0, 1.0, n_v)
+    walk = np.cumsum(rng.normal(0.0, 1.0, (n_v, 2)), axis=0)
+    walk -= walk.mean(axis=0)
+    peak = np.abs(walk).max()
+    shifts = walk * (spec.shift_max_px / peak if peak > 0 else 0.0)
+    views = np.column_stack([np.deg2rad(tilt), np.deg2rad(rot), scale, shifts])
+
+    # markers spread over the central field of view, on two surfaces
+    half = 0.36 * min(spec.width, spec.height)
+    xy = rng.uniform(-half, half, (n_m, 2))
+    side = np.where(rng.random(n_m) < 0.5, -0.5, 0.5)
+    z = side * spec.thickness_px + rng.normal(0.0, 0.05 * spec.thickness_px + 1.0, n_m)
+    points = np.column_stack([xy, z])
+
+    seen = np.zeros((n_m, n_v), dtype=bool)
+    seen[: spec.n_full_tracks] = True
+    lo, hi = spec.track_fraction
+    for i in range(spec.n_full_tracks, n_m):
+        length = max(3, int(round(rng.uniform(lo, hi) * n_v)))
+        start = int(rng.integers(0, n_v - length + 1))
+        seen[i, start : start + length] = True
+    m_idx, v_idx = np.nonzero(seen)
+    centre = (spec.width / 2.0, spec.height / 2.0)
+    xy_obs = projection.project(points, views, m_idx, v_idx, centre)
+    xy_obs = xy_obs + rng.normal(0.0, spec.noise_px, xy_obs.shape)
+    inside = (
+        (xy_obs[:, 0] > 0) & (xy_obs[:, 0] < spec.width) & (xy_obs[:, 1] > 0) & (xy_obs[:, 1] < spec.height)
+    )
+    return SimulatedSeries(
+        marker=m_idx[inside],
+        view=v_idx[inside],
+        xy_px=xy_obs[inside],
+        nominal_tilt_deg=nominal,
+        views=views,
+        points_xyz_px=points,
+        width=spec.width,
+        height=spec.height,
+        tilt_axis_deg=float(spec.tilt_axis_deg + rng.normal(0.0, 0.0)),
+    )
+
+
+#: The bundled demo series (generated by the workflow's ``simulate_demo`` rule).
+DEMO_SERIES = {
+    # like Jou et al.'s series: 107 views -55..53, 30 markers of which 6 in every view
+    "demo_paper": SimulationSpec(
+        n_views=107, tilt_min_deg=-55.0, tilt_max_deg=53.0, n_markers=30, n_full_tracks=6,
+        track_fraction=(0.35, 0.9), width=1024, height=1024, thickness_px=180.0,
+        tilt_axis_deg=-12.5, shift_max_px=25.0, noise_px=0.5, seed=107,
+    ),
+    # no marker is seen in every view
+    "demo_partial": SimulationSpec(
+        n_views=61, tilt_min_deg=-60.0, tilt_max_deg=60.0, n_markers=28, n_full_tracks=0,
+        track_fraction=(0.45, 0.85), width=1024, height=1024, thickness_px=250.0,
+        tilt_axis_deg=84.0, shift_max_px=60.0, noise_px=0.4, seed=61,
+    ),
+    # a 1.5 deg tilt offset, 0.2 deg tilt jitter and 2 % magnification drift
+    "demo_tilterr": SimulationSpec(
+        n_views=81, tilt_min_deg=-60.0, tilt_max_deg=60.0, n_markers=24, n_full_tracks=10,
+        track_fraction=(0.4, 0.9), width=2048, height=2048, thickness_px=300.0,
+        tilt_axis_deg=-95.0, tilt_offset_deg=1.5, tilt_jitter_deg=0.2, mag_drift=0.02,
+        shift_max_px=80.0, noise_px=0.6, seed=81,
+    ),
+}

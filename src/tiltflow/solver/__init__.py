@@ -1,0 +1,22 @@
+"""Levenberg-Marquardt bundle solver for the fiducial model.
+
+Public API: :class:`Observations`, :class:`Layout`, :func:`solve_bundle`,
+:class:`LMOptions`, :class:`LMReport`, :data:`TERMINATION_MESSAGES`.
+"""
+
+from ._bundle import BundleProblem, BundleSolution, Layout, Observations, solve_bundle
+from ._lm import TERMINATION_MESSAGES, LMOptions, LMReport, levenberg_marquardt
+from ._schur import SchurStructure
+
+__all__ = [
+    "BundleProblem",
+    "BundleSolution",
+    "Layout",
+    "LMOptions",
+    "LMReport",
+    "Observations",
+    "SchurStructure",
+    "TERMINATION_MESSAGES",
+    "levenberg_marquardt",
+    "solve_bundle",
+]

@@ -1,0 +1,245 @@
+"""The fiducial bundle problem: observations, free-parameter layout, solve."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from .. import projection
+from ._lm import LMOptions, LMReport, levenberg_marquardt
+from ._schur import SchurStructure
+
+
+@dataclasses.dataclass(frozen=True)
+class Observations:
+    """Marker observations of one tilt series.
+
+    Attributes
+    ----------
+    marker_index : ndarray of int, shape (n_obs,)
+        Row of the marker (0-based, into the points array).
+    view_index : ndarray of int, shape (n_obs,)
+        Row of the view (0-based, into the view-parameter array).
+    xy_px : ndarray, shape (n_obs, 2)
+        Observed image positions (IMOD pixel convention).
+    weight : ndarray, shape (n_obs,)
+        Least-squares weight of each observation (both coordinates).
+    n_markers, n_views : int
+    centre_xy_px : tuple of 2 floats
+        Image centre ``(nx/2, ny/2)``.
+    """
+
+    marker_index: np.ndarray
+    view_index: np.ndarray
+    xy_px: np.ndarray
+    weight: np.ndarray
+    n_markers: int
+    n_views: int
+    centre_xy_px: tuple
+
+    def __post_init__(self):
+        n = len(self.marker_index)
+        if self.xy_px.shape != (n, 2):
+            raise ValueError(f"xy_px must have shape ({n}, 2), got {self.xy_px.shape}")
+        if self.view_index.shape != (n,) or self.weight.shape != (n,):
+            raise ValueError("marker_index, view_index and weight must have the same length")
+        if n and (self.marker_index.min() < 0 or self.marker_index.max() >= self.n_markers):
+            raise ValueError(f"marker_index must lie in [0, {self.n_markers}), got {self.marker_index.min()}..{self.marker_index.max()}")
+        if n and (self.view_index.min() < 0 or self.view_index.max() >= self.n_views):
+            raise ValueError(f"view_index must lie in [0, {self.n_views}), got {self.view_index.min()}..{self.view_index.max()}")
+        if not np.all(np.isfinite(self.xy_px)):
+            raise ValueError("xy_px contains NaN or Inf")
+        if np.any(self.weight < 0) or not np.all(np.isfinite(self.weight)):
+            raise ValueError("weight must be finite and >= 0")
+
+    def with_weight(self, weight):
+        """A copy with other weights."""
+        return dataclasses.replace(self, weight=np.asarray(weight, dtype=float))
+
+    def subset(self, keep):
+        """A copy holding only the observations where ``keep`` is True."""
+        keep = np.asarray(keep, dtype=bool)
+        return dataclasses.replace(
+            self,
+            marker_index=self.marker_index[keep],
+            view_index=self.view_index[keep],
+            xy_px=self.xy_px[keep],
+            weight=self.weight[keep],
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Which parameters are free and how they map to the unknown vector.
+
+    Attributes
+    ----------
+    view_map : ndarray of int, shape (n_views, 5)
+        Index of each view parameter in the unknown vector, ``-1`` if held.
+        Several views may share an index (one rotation for all, a tilt
+        offset): the step is then added to each of them.
+    point_map : ndarray of int, shape (n_markers, 3)
+        Index of each marker coordinate, ``-1`` if held.
+    n_params : int
+    """
+
+    view_map: np.ndarray
+    point_map: np.ndarray
+    n_params: int
+
+    @classmethod
+    def from_masks(cls, view_free, point_free, shared_columns=()):
+        """Build a layout from boolean masks.
+
+        Parameters
+        ----------
+        view_free : ndarray of bool, shape (n_views, 5)
+        point_free : ndarray of bool, shape (n_markers, 3)
+        shared_columns : iterable of int
+            View columns (e.g. ``projection.TILT``) whose free entries are
+            one parameter shared by all those views.
+        """
+        view_free = np.asarray(view_free, dtype=bool)
+        point_free = np.asarray(point_free, dtype=bool)
+        view_map = np.full(view_free.shape, -1, dtype=np.int64)
+        n = 0
+        shared = set(shared_columns)
+        for col in range(view_free.shape[1]):
+            rows = np.flatnonzero(view_free[:, col])
+            if not len(rows):
+                continue
+            if col in shared:
+                view_map[rows, col] = n
+                n += 1
+        free_local = view_free.copy()
+        for col in shared:
+            free_local[:, col] = False
+        k = int(free_local.sum())
+        view_map[free_local] = n + np.arange(k)  # row-major: per view blocks
+        n += k
+        point_map = np.full(point_free.shape, -1, dtype=np.int64)
+        k = int(point_free.sum())
+        point_map[point_free] = n + np.arange(k)
+        n += k
+        return cls(view_map, point_map, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class BundleSolution:
+    """Result of :func:`solve_bundle`.
+
+    Attributes
+    ----------
+    views : ndarray, shape (n_views, 5)
+        Solved view parameters (:data:`tiltflow.projection.VIEW_COLUMNS`).
+    points_xyz_px : ndarray, shape (n_markers, 3)
+    report : LMReport
+    seconds : float
+        Wall time of the solve (set-up included, I/O excluded).
+    eliminated : str
+        ``"points"`` or ``"views"``: which blocks the Schur complement removed.
+    n_params : int
+    """
+
+    views: np.ndarray
+    points_xyz_px: np.ndarray
+    report: LMReport
+    seconds: float
+    eliminated: str
+    n_params: int
+
+
+class BundleProblem:
+    """Residuals and normal equations of the fiducial model for a layout."""
+
+    def __init__(self, obs: Observations, layout: Layout, eliminate="auto"):
+        self.obs = obs
+        self.layout = layout
+        self.sqrt_w = np.sqrt(obs.weight)[:, None]
+        columns = np.concatenate(
+            [layout.view_map[obs.view_index], layout.point_map[obs.marker_index]], axis=1
+        )
+        n = layout.n_params
+        point_params = np.zeros(n, dtype=bool)
+        owner = np.full(n, -2, dtype=np.int64)
+        pm = layout.point_map
+        sel = pm >= 0
+        point_params[pm[sel]] = True
+        owner[pm[sel]] = np.nonzero(sel)[0]
+        vm = layout.view_map
+        rows = np.nonzero(vm >= 0)[0]
+        idx = vm[vm >= 0]
+        counts = np.bincount(idx, minlength=n)
+        owner[idx] = np.where(counts[idx] == 1, rows, -1)
+        self.structure = SchurStructure(columns, n, point_params, owner, eliminate)
+        self._view_sel = vm >= 0
+        self._point_sel = pm >= 0
+
+    def residuals(self, state):
+        views, points = state
+        pred = projection.project(points, views, self.obs.marker_index, self.obs.view_index, self.obs.centre_xy_px)
+        return (pred - self.obs.xy_px) * self.sqrt_w
+
+    def cost(self, state):
+        r = self.residuals(state)
+        return 0.5 * float(np.einsum("ij,ij->", r, r))
+
+    def linearize(self, state):
+        views, points = state
+        pred, jv, jp = projection.project_with_jacobian(
+            points, views, self.obs.marker_index, self.obs.view_index, self.obs.centre_xy_px
+        )
+        r = (pred - self.obs.xy_px) * self.sqrt_w
+        jac = np.concatenate([jv, jp], axis=2) * self.sqrt_w[:, :, None]
+        return 0.5 * float(np.einsum("ij,ij->", r, r)), self.structure.assemble(jac, r)
+
+    def apply(self, state, step):
+        views, points = state
+        views = views.copy()
+        points = points.copy()
+        views[self._view_sel] += step[self.layout.view_map[self._view_sel]]
+        points[self._point_sel] += step[self.layout.point_map[self._point_sel]]
+        return views, points
+
+    def norm(self, state, scale):
+        views, points = state
+        x = np.zeros(self.layout.n_params)
+        x[self.layout.view_map[self._view_sel]] = views[self._view_sel]
+        x[self.layout.point_map[self._point_sel]] = points[self._point_sel]
+        return float(np.linalg.norm(scale * x))
+
+
+def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), eliminate="auto"):
+    """Solve the fiducial model for the free parameters of ``layout``.
+
+    Parameters
+    ----------
+    obs : Observations
+    views : ndarray, shape (n_views, 5)
+        Starting view parameters; held entries keep these values.
+    points_xyz_px : ndarray, shape (n_markers, 3)
+        Starting marker positions; held entries keep these values.
+    layout : Layout
+    options : LMOptions
+    eliminate : {"auto", "points", "views"}
+        Schur-complement choice (see :class:`SchurStructure`).
+
+    Returns
+    -------
+    BundleSolution
+    """
+    views = np.asarray(views, dtype=float)
+    points_xyz_px = np.asarray(points_xyz_px, dtype=float)
+    if views.shape != (obs.n_views, 5):
+        raise ValueError(f"views must have shape ({obs.n_views}, 5), got {views.shape}")
+    if points_xyz_px.shape != (obs.n_markers, 3):
+        raise ValueError(f"points_xyz_px must have shape ({obs.n_markers}, 3), got {points_xyz_px.shape}")
+    if not (np.all(np.isfinite(views)) and np.all(np.isfinite(points_xyz_px))):
+        raise ValueError("starting parameters contain NaN or Inf")
+    t0 = time.perf_counter()
+    problem = BundleProblem(obs, layout, eliminate)
+    (v, p), report = levenberg_marquardt(problem, (views, points_xyz_px), options)
+    seconds = time.perf_counter() - t0
+    return BundleSolution(v, p, report, seconds, problem.structure.eliminate, layout.n_params)

@@ -1,0 +1,153 @@
+"""Levenberg-Marquardt iteration with Marquardt scaling (Nielsen's damping update).
+
+The loop is independent of the problem: it needs ``linearize(state)``
+returning ``(cost, normal_equations)``, ``cost(state)`` and
+``apply(state, step)``.  Termination follows ``scipy.optimize.least_squares``
+(``ftol``, ``xtol``, ``gtol``, iteration limit) with the same status codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+#: Termination reasons, keyed by status (scipy.optimize.least_squares codes).
+TERMINATION_MESSAGES = {
+    0: "The maximum number of iterations is exceeded.",
+    1: "`gtol` termination condition is satisfied.",
+    2: "`ftol` termination condition is satisfied.",
+    3: "`xtol` termination condition is satisfied.",
+    4: "Both `ftol` and `xtol` termination conditions are satisfied.",
+    5: "No step reduces the cost any more (damping exceeded 1e16); the point is a minimum to machine precision.",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LMOptions:
+    """Options of the Levenberg-Marquardt loop.
+
+    Attributes
+    ----------
+    max_iterations : int
+        Maximum number of accepted or rejected steps (each costs one
+        residual evaluation).
+    ftol : float
+        Stop when an accepted step reduces the cost by less than
+        ``ftol * cost`` (and the model predicted as little).
+    xtol : float
+        Stop when the scaled step is shorter than ``xtol * (|x| + xtol)``.
+    gtol : float
+        Stop when the largest scaled gradient component is below ``gtol``.
+    initial_damping : float
+        Starting ``mu`` relative to the Marquardt scaling.
+    """
+
+    max_iterations: int = 200
+    ftol: float = 1e-10
+    xtol: float = 1e-10
+    gtol: float = 1e-10
+    initial_damping: float = 1e-4
+
+    def __post_init__(self):
+        if not (isinstance(self.max_iterations, (int, np.integer)) and self.max_iterations >= 1):
+            raise ValueError(f"max_iterations must be an integer >= 1, got {self.max_iterations!r}")
+        for name in ("ftol", "xtol", "gtol"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (np.isfinite(self.initial_damping) and self.initial_damping > 0):
+            raise ValueError(f"initial_damping must be > 0, got {self.initial_damping!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LMReport:
+    """What the loop did: final cost, counts and the termination reason."""
+
+    initial_cost: float
+    cost: float
+    iterations: int
+    accepted: int
+    status: int
+    message: str
+
+    @property
+    def success(self):
+        return self.status > 0
+
+
+def levenberg_marquardt(problem, state, options=LMOptions()):
+    """Minimise ``cost = 0.5 * |r|^2`` from ``state``.
+
+    Parameters
+    ----------
+    problem : object
+        Provides ``linearize(state) -> (cost, NormalEquations)``,
+        ``cost(state) -> float``, ``apply(state, step) -> state`` and
+        ``norm(state, scale) -> float`` (size of the free parameters
+        multiplied by ``scale``).
+    state : object
+        Starting point, passed back to ``problem`` unchanged in type.
+    options : LMOptions
+
+    Returns
+    -------
+    state : object
+        The best point found.
+    report : LMReport
+    """
+    cost, ne = problem.linearize(state)
+    initial_cost = cost
+    diag_e, diag_k = ne.diagonal()
+    diag_e = np.maximum(diag_e, 1e-12)
+    diag_k = np.maximum(diag_k, 1e-12)
+    mu, nu = options.initial_damping, 2.0
+    iterations = accepted = 0
+    status = 0
+    if ne.structure.n_params == 0:
+        return state, LMReport(cost, cost, 0, 0, 1, "No free parameters: nothing to solve.")
+    while iterations < options.max_iterations:
+        g = ne.gradient()
+        scale = np.sqrt(ne.to_flat(diag_e, diag_k))
+        if cost == 0.0 or np.max(np.abs(g) / scale) <= options.gtol * np.sqrt(2.0 * cost):
+            status = 1
+            break
+        step = ne.solve(mu, diag_e, diag_k)
+        iterations += 1
+        if step is None:
+            mu *= nu
+            nu *= 2.0
+            if mu > 1e16:
+                status = 5
+                break
+            continue
+        new_state = problem.apply(state, step)
+        new_cost = problem.cost(new_state)
+        dscaled = scale * step
+        predicted = 0.5 * (mu * float(dscaled @ dscaled) - float(g @ step))
+        actual = cost - new_cost
+        step_small = np.linalg.norm(dscaled) <= options.xtol * (problem.norm(state, scale) + options.xtol)
+        if np.isfinite(new_cost) and actual > 0 and predicted > 0:
+            rho = actual / predicted
+            mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+            nu = 2.0
+            f_small = actual <= options.ftol * cost and predicted <= options.ftol * cost
+            state, cost = new_state, new_cost
+            accepted += 1
+            if f_small or step_small:
+                status = 4 if (f_small and step_small) else (2 if f_small else 3)
+                break
+            cost, ne = problem.linearize(state)
+            de, dk = ne.diagonal()
+            diag_e = np.maximum(diag_e, de)
+            diag_k = np.maximum(diag_k, dk)
+        else:
+            if step_small:
+                status = 3
+                break
+            mu *= nu
+            nu *= 2.0
+            if mu > 1e16:
+                status = 5
+                break
+    return state, LMReport(initial_cost, cost, iterations, accepted, status, TERMINATION_MESSAGES[status])
