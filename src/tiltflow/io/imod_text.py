@@ -1,0 +1,132 @@
+"""IMOD text files: tilt angles (``.rawtlt``/``.tlt``), transforms (``.xf``,
+``.prexg``) and fiducial coordinates (``.xyz``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+def read_tilts(path):
+    """Read one tilt angle (degrees) per line; blank lines are ignored.
+
+    Returns
+    -------
+    ndarray, shape (n_views,)
+
+    Raises
+    ------
+    InputError
+        Missing or empty file, or a line that is not exactly one number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: tilt file not found")
+    values = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        s = line.strip()
+        if not s:
+            continue
+        parts = s.split()
+        if len(parts) != 1:
+            raise InputError(f"{path}: line {lineno}: expected one tilt angle per line, found {len(parts)} fields: {s!r}")
+        try:
+            v = float(parts[0])
+        except ValueError:
+            raise InputError(f"{path}: line {lineno}: {parts[0]!r} is not a tilt angle in degrees") from None
+        if not np.isfinite(v) or abs(v) >= 90:
+            raise InputError(f"{path}: line {lineno}: tilt {parts[0]} is outside (-90, 90) degrees")
+        values.append(v)
+    if not values:
+        raise InputError(f"{path}: the tilt file is empty (expected one tilt angle per view)")
+    return np.array(values)
+
+
+def write_tlt(path, tilt_deg):
+    """Write tilt angles, one per line (IMOD ``.tlt``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for t in tilt_deg:
+            f.write(f"{t:10.4f}\n")
+
+
+def read_xf(path, n_views=None):
+    """Read IMOD transforms ``A11 A12 A21 A22 DX DY`` per line.
+
+    Parameters
+    ----------
+    path : str or path-like
+    n_views : int, optional
+        Expected number of lines.
+
+    Returns
+    -------
+    ndarray, shape (n, 6)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: transform file not found")
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        s = line.strip()
+        if not s:
+            continue
+        parts = s.split()
+        if len(parts) != 6:
+            raise InputError(f"{path}: line {lineno}: expected 6 numbers (A11 A12 A21 A22 DX DY), found {len(parts)}")
+        try:
+            rows.append([float(p) for p in parts])
+        except ValueError:
+            raise InputError(f"{path}: line {lineno}: not a number in {s!r}") from None
+    if not rows:
+        raise InputError(f"{path}: the transform file is empty")
+    xf = np.array(rows)
+    if n_views is not None and len(xf) != n_views:
+        raise InputError(f"{path}: has {len(xf)} transforms; expected one per view ({n_views})")
+    return xf
+
+
+def write_xf(path, xf):
+    """Write IMOD transforms, one ``A11 A12 A21 A22 DX DY`` line per view."""
+    with open(path, "w", encoding="utf-8") as f:
+        for row in np.asarray(xf):
+            f.write("".join(f"{v:12.7f}" for v in row[:4]) + "".join(f"{v:12.4f}" for v in row[4:]) + "\n")
+
+
+def write_xyz(path, points_xyz_px, contour_ids, size_xy, pixel_size=1.0):
+    """Write an IMOD fiducial ``.xyz`` file.
+
+    Each line: point number, x, y, z, object (1), contour; the first line
+    also carries ``Pix:`` and ``Dim:``.  x and y are given in the aligned
+    frame (origin at the image corner, tilt axis through the centre), z
+    relative to the tilt axis.
+
+    Parameters
+    ----------
+    points_xyz_px : ndarray, shape (n, 3)
+        Positions relative to the tilt axis at the image centre.
+    contour_ids : sequence of int, length n
+    size_xy : tuple of 2 ints
+    pixel_size : float
+        Angstrom.
+    """
+    cx, cy = size_xy[0] / 2.0, size_xy[1] / 2.0
+    with open(path, "w", encoding="utf-8") as f:
+        for i, ((x, y, z), c) in enumerate(zip(np.asarray(points_xyz_px), contour_ids), start=1):
+            line = f"{i:4d} {x + cx:9.3f} {y + cy:9.3f} {z:9.3f} {1:6d} {int(c):4d}"
+            if i == 1:
+                line += f" Pix: {pixel_size:11.5f} Dim: {int(size_xy[0]):5d} {int(size_xy[1]):5d}"
+            f.write(line + "\n")
+
+
+def read_xyz(path):
+    """Read an IMOD ``.xyz`` file: returns ``(ids, xyz)`` with xyz as written."""
+    ids, xyz = [], []
+    for line in Path(path).read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 6:
+            ids.append(int(parts[5]))
+            xyz.append([float(p) for p in parts[1:4]])
+    return np.array(ids), np.array(xyz)

@@ -1,0 +1,264 @@
+"""From a sheet row to a validated :class:`tiltflow.align.Series`."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .align import MIN_MARKERS_PER_VIEW, Series
+from .io import InputError, read_markers, read_tilts, read_xf
+from .solver import Observations
+
+log = logging.getLogger(__name__)
+
+#: Markers with fewer observations than this are dropped.
+MIN_OBSERVATIONS_PER_MARKER = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesSpec:
+    """One row of the tilt-series sheet, paths resolved.
+
+    Attributes
+    ----------
+    name : str
+    markers : str
+        Marker file (IMOD model, ``model2point`` text or CSV).
+    tilts : str
+        ``.rawtlt``/``.tlt`` file.
+    tilt_axis_deg : float
+        IMOD ``RotationAngle``.
+    stack : str or None
+        MRC stack; gives the image size and the view count.
+    width, height : int or None
+        Image size when there is no stack.
+    prexg : str or None
+        IMOD ``.prexg`` of the stack the markers were picked on.
+    tilt_offset_deg : float
+        Added to every nominal tilt (IMOD ``AngleOffset``).
+    exclude_views : tuple of int
+        0-based views to leave out.
+    pixel_size_angstrom : float or None
+        Overrides the pixel size from the stack or model header.
+    """
+
+    name: str
+    markers: str
+    tilts: str
+    tilt_axis_deg: float
+    stack: str | None = None
+    width: int | None = None
+    height: int | None = None
+    prexg: str | None = None
+    tilt_offset_deg: float = 0.0
+    exclude_views: tuple = ()
+    pixel_size_angstrom: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A validated series plus what the import decided.
+
+    Attributes
+    ----------
+    series : Series
+    raw_tilt_deg : ndarray, shape (n_views,)
+        Tilts as in the tilt file (without ``tilt_offset``).
+    prexg : ndarray, shape (n_views, 6) or None
+    pixel_size_angstrom : float
+    dropped_markers : dict
+        Marker id -> number of observations, for markers with too few.
+    weak_views, empty_views : list of int
+        Views with 1-2 markers (shifts solved, tilt/rotation/scale tied to
+        neighbours) and views with none (all parameters interpolated).
+    excluded_views : list of int
+    ignored_observations : int
+        Points in excluded views.
+    """
+
+    series: Series
+    raw_tilt_deg: np.ndarray
+    prexg: np.ndarray | None
+    pixel_size_angstrom: float
+    dropped_markers: dict
+    weak_views: list
+    empty_views: list
+    excluded_views: list
+    ignored_observations: int
+
+
+def image_size_from_stack(path):
+    """``(nx, ny, nz, pixel_size_angstrom)`` from an MRC header (no data read)."""
+    import mrcfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: stack not found")
+    try:
+        with mrcfile.open(p, mode="r", header_only=True, permissive=False) as mrc:
+            h = mrc.header
+            nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
+            px = float(mrc.voxel_size.x)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{p}: not a readable MRC file ({exc})") from None
+    return nx, ny, nz, px
+
+
+def prepare(spec: SeriesSpec) -> Prepared:
+    """Read and validate the inputs of one series.
+
+    Raises
+    ------
+    InputError
+        Anything inconsistent, naming the file, the line or view, what was
+        expected and what was found.
+    """
+    tilts = read_tilts(spec.tilts)
+    n_views = len(tilts)
+    table = read_markers(spec.markers)
+    pixel = None
+    if spec.stack:
+        nx, ny, nz, pixel = image_size_from_stack(spec.stack)
+        if nz != n_views:
+            raise InputError(
+                f"{spec.stack}: the stack has {nz} views but {spec.tilts} lists {n_views} tilt angles; "
+                "expected one tilt angle per view"
+            )
+        if spec.width and spec.height and (spec.width, spec.height) != (nx, ny):
+            raise InputError(
+                f"sheet row {spec.name}: width x height {spec.width} x {spec.height} contradicts the stack "
+                f"{spec.stack} ({nx} x {ny})"
+            )
+        width, height = nx, ny
+    elif spec.width and spec.height:
+        width, height = int(spec.width), int(spec.height)
+    else:
+        hint = f" (the model header says {table.size_xy[0]} x {table.size_xy[1]})" if table.size_xy else ""
+        raise InputError(
+            f"sheet row {spec.name}: no stack, so width and height are required to place the image centre{hint}"
+        )
+    if spec.pixel_size_angstrom:
+        pixel = float(spec.pixel_size_angstrom)
+    elif not (pixel and pixel > 0):
+        pixel = table.pixel_size if table.pixel_size and table.pixel_size > 0 else 1.0
+    if width <= 0 or height <= 0:
+        raise InputError(f"sheet row {spec.name}: width and height must be > 0, got {width} x {height}")
+
+    excluded = np.zeros(n_views, dtype=bool)
+    for v in spec.exclude_views:
+        if not 0 <= v < n_views:
+            raise InputError(
+                f"sheet row {spec.name}: exclude_views lists view {v}; expected 0-based views 0..{n_views - 1} "
+                f"({spec.tilts} has {n_views})"
+            )
+        excluded[v] = True
+
+    _validate_points(table, n_views, width, height, spec.tilts)
+
+    prexg = None
+    if spec.prexg:
+        prexg = read_xf(spec.prexg)
+        if len(prexg) != n_views:
+            raise InputError(f"{spec.prexg}: has {len(prexg)} transforms; expected one per view ({n_views}, from {spec.tilts})")
+
+    keep = ~excluded[table.view]
+    ignored = int((~keep).sum())
+    # drop markers with too few observations (after exclusions)
+    ids, inverse = np.unique(table.marker[keep], return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(ids))
+    dropped = {str(i): int(c) for i, c in zip(ids, counts) if c < MIN_OBSERVATIONS_PER_MARKER}
+    for mid, c in dropped.items():
+        log.warning("%s: marker %s has %d observation(s) (< %d); dropped", spec.markers, mid, c, MIN_OBSERVATIONS_PER_MARKER)
+    good = counts >= MIN_OBSERVATIONS_PER_MARKER
+    # keep marker order as first seen in the file
+    sel = keep.copy()
+    sel[keep] = good[inverse]
+    marker_col = table.marker[sel]
+    first_seen = {}
+    for m in marker_col:
+        first_seen.setdefault(m, len(first_seen))
+    marker_ids = np.array(list(first_seen.keys()))
+    marker_index = np.array([first_seen[m] for m in marker_col], dtype=np.int64)
+    obs = Observations(
+        marker_index=marker_index,
+        view_index=table.view[sel],
+        xy_px=table.xy_px[sel],
+        weight=np.ones(int(sel.sum())),
+        n_markers=len(marker_ids),
+        n_views=n_views,
+        centre_xy_px=(width / 2.0, height / 2.0),
+    )
+    if obs.n_markers == 0:
+        raise InputError(
+            f"{spec.markers}: no marker has {MIN_OBSERVATIONS_PER_MARKER} or more observations in the views kept; "
+            "nothing to align"
+        )
+    series = Series(
+        obs=obs,
+        marker_ids=marker_ids,
+        nominal_tilt_deg=tilts + spec.tilt_offset_deg,
+        tilt_axis_deg=float(spec.tilt_axis_deg),
+        width=width,
+        height=height,
+        excluded=excluded,
+    )
+    per_view = series.markers_per_view()
+    strong = per_view >= MIN_MARKERS_PER_VIEW
+    if strong.sum() < 2:
+        raise InputError(
+            f"{spec.markers}: only {int(strong.sum())} view(s) have {MIN_MARKERS_PER_VIEW} or more markers; "
+            "at least 2 are needed to align"
+        )
+    weak = [int(v) for v in np.flatnonzero((per_view > 0) & ~strong)]
+    empty = [int(v) for v in np.flatnonzero((per_view == 0) & ~excluded)]
+    for v in weak:
+        log.warning("view %d has %d marker(s) (< %d): its shifts are solved, its tilt, rotation and scale are "
+                    "tied to the neighbouring views", v, per_view[v], MIN_MARKERS_PER_VIEW)
+    for v in empty:
+        log.warning("view %d has no markers: all its parameters are interpolated from the neighbouring views", v)
+    return Prepared(
+        series=series,
+        raw_tilt_deg=tilts,
+        prexg=prexg,
+        pixel_size_angstrom=float(pixel),
+        dropped_markers=dropped,
+        weak_views=weak,
+        empty_views=empty,
+        excluded_views=[int(v) for v in np.flatnonzero(excluded)],
+        ignored_observations=ignored,
+    )
+
+
+def _validate_points(table, n_views, width, height, tilts_path):
+    path = table.path
+    bad = np.flatnonzero((table.view < 0) | (table.view >= n_views))
+    if len(bad):
+        k = bad[0]
+        raise InputError(
+            f"{path}: {table.where[k]}: view {table.view[k]} is outside the tilt list "
+            f"({tilts_path} has {n_views} views, expected 0..{n_views - 1}); {len(bad)} such point(s)"
+        )
+    finite = np.isfinite(table.xy_px).all(axis=1)
+    if not finite.all():
+        k = np.flatnonzero(~finite)[0]
+        raise InputError(f"{path}: {table.where[k]}: coordinates {tuple(table.xy_px[k])} are not finite numbers")
+    x, y = table.xy_px[:, 0], table.xy_px[:, 1]
+    out = (x < 0) | (x > width) | (y < 0) | (y > height)
+    if out.any():
+        k = np.flatnonzero(out)[0]
+        raise InputError(
+            f"{path}: {table.where[k]}: point ({x[k]:.2f}, {y[k]:.2f}) lies outside the {width} x {height} image "
+            f"(expected 0 <= x <= {width}, 0 <= y <= {height}); {int(out.sum())} such point(s)"
+        )
+    order = np.lexsort((table.view, table.marker))
+    m, v = table.marker[order], table.view[order]
+    dup = np.flatnonzero((m[1:] == m[:-1]) & (v[1:] == v[:-1]))
+    if len(dup):
+        a, b = order[dup[0]], order[dup[0] + 1]
+        raise InputError(
+            f"{path}: marker {table.marker[a]} has two points in view {table.view[a]} "
+            f"({table.where[a]} and {table.where[b]}); expected at most one per view; {len(dup)} such duplicate(s)"
+        )
