@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import projection
 from ._lm import LMOptions, LMReport, levenberg_marquardt
-from ._schur import SchurStructure
+from . import _kernels
+from ._schur import NormalEquations, SchurStructure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,26 +155,15 @@ class BundleSolution:
 class BundleProblem:
     """Residuals and normal equations of the fiducial model for a layout."""
 
-    def __init__(self, obs: Observations, layout: Layout, eliminate="auto"):
+    def __init__(self, obs: Observations, layout: Layout, eliminate="auto", compiled=True):
+        self.compiled = compiled
         self.obs = obs
         self.layout = layout
         self.sqrt_w = np.sqrt(obs.weight)[:, None]
-        columns = np.concatenate(
-            [layout.view_map[obs.view_index], layout.point_map[obs.marker_index]], axis=1
+        self.structure = SchurStructure(
+            obs.view_index, obs.marker_index, layout.view_map, layout.point_map, layout.n_params, eliminate
         )
-        n = layout.n_params
-        point_params = np.zeros(n, dtype=bool)
-        owner = np.full(n, -2, dtype=np.int64)
-        pm = layout.point_map
-        sel = pm >= 0
-        point_params[pm[sel]] = True
-        owner[pm[sel]] = np.nonzero(sel)[0]
-        vm = layout.view_map
-        rows = np.nonzero(vm >= 0)[0]
-        idx = vm[vm >= 0]
-        counts = np.bincount(idx, minlength=n)
-        owner[idx] = np.where(counts[idx] == 1, rows, -1)
-        self.structure = SchurStructure(columns, n, point_params, owner, eliminate)
+        vm, pm = layout.view_map, layout.point_map
         self._view_sel = vm >= 0
         self._point_sel = pm >= 0
 
@@ -183,11 +173,25 @@ class BundleProblem:
         return (pred - self.obs.xy_px) * self.sqrt_w
 
     def cost(self, state):
+        if self.compiled:
+            views, points = state
+            o = self.obs
+            return float(_kernels.cost(points, views, o.marker_index, o.view_index, o.xy_px, self.sqrt_w[:, 0],
+                                       o.centre_xy_px[0], o.centre_xy_px[1]))
         r = self.residuals(state)
         return 0.5 * float(np.einsum("ij,ij->", r, r))
 
     def linearize(self, state):
         views, points = state
+        if self.compiled:
+            st, o = self.structure, self.obs
+            arrays = st.zeros()
+            c = _kernels.linearize(
+                points, views, o.marker_index, o.view_index, o.xy_px, self.sqrt_w[:, 0],
+                o.centre_xy_px[0], o.centre_xy_px[1], st.eliminate == "points", st.e_free,
+                st.kpos_view, st.kpos_point, *arrays,
+            )
+            return float(c), NormalEquations(st, *arrays)
         pred, jv, jp = projection.project_with_jacobian(
             points, views, self.obs.marker_index, self.obs.view_index, self.obs.centre_xy_px
         )
@@ -211,7 +215,7 @@ class BundleProblem:
         return float(np.linalg.norm(scale * x))
 
 
-def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), eliminate="auto"):
+def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), eliminate="auto", compiled=True):
     """Solve the fiducial model for the free parameters of ``layout``.
 
     Parameters
@@ -225,6 +229,8 @@ def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), elimina
     options : LMOptions
     eliminate : {"auto", "points", "views"}
         Schur-complement choice (see :class:`SchurStructure`).
+    compiled : bool
+        Use the numba kernels (default) or the pure-numpy path.
 
     Returns
     -------
@@ -239,7 +245,7 @@ def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), elimina
     if not (np.all(np.isfinite(views)) and np.all(np.isfinite(points_xyz_px))):
         raise ValueError("starting parameters contain NaN or Inf")
     t0 = time.perf_counter()
-    problem = BundleProblem(obs, layout, eliminate)
+    problem = BundleProblem(obs, layout, eliminate, compiled)
     (v, p), report = levenberg_marquardt(problem, (views, points_xyz_px), options)
     seconds = time.perf_counter() - t0
     return BundleSolution(v, p, report, seconds, problem.structure.eliminate, layout.n_params)

@@ -1,17 +1,21 @@
 """Normal equations of the bundle problem and their Schur-complement solve.
 
 The unknowns are split into *eliminated* blocks -- either one block per
-marker (its free x, y, z) or one block per view (its free view-local
-parameters) -- and a *kept* set (everything else).  Every observation
-touches at most one eliminated block, so ``H_ee`` is block diagonal and the
-damped system reduces to a dense one on the kept set (Triggs et al.,
-Ceres' SPARSE_SCHUR/DENSE_SCHUR)::
+marker (its x, y, z) or one block per view (its five view-local
+parameters) -- and a *kept* set (everything else: the view parameters, or
+the marker coordinates plus any parameter shared by several views).  Every
+observation touches exactly one eliminated block, so ``H_ee`` is block
+diagonal and the damped system reduces to a dense one on the kept set
+(Triggs et al.; Ceres' DENSE_SCHUR)::
 
     S = H_kk - H_ke H_ee^-1 H_ek,   S dk = -g_k + H_ke H_ee^-1 g_e
 
-:class:`SchurStructure` works out, once per problem layout, where each
-entry of each observation's 8x8 block ``J_k^T J_k`` lands; the numbers are
-then accumulated with ``np.bincount`` every iteration.
+:class:`SchurStructure` works out once per layout where each product of an
+observation's Jacobian columns lands; every iteration then only multiplies
+and accumulates with ``np.bincount``.  Held parameters have no row: their
+Jacobian columns are masked to zero (eliminated side) or sent to a dummy
+row that is dropped (kept side), and unused block slots get a unit
+diagonal.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-N_COLS = 8  # 5 view columns + 3 point columns per observation
+VIEW_COLS = np.arange(5)
+POINT_COLS = np.arange(5, 8)
 
 
 class SchurStructure:
@@ -27,98 +32,97 @@ class SchurStructure:
 
     Parameters
     ----------
-    columns : ndarray of int, shape (n_obs, 8)
-        For each observation, the free-parameter index of its five view
-        columns and three point columns, ``-1`` where the parameter is held.
+    view_index, marker_index : ndarray of int, shape (n_obs,)
+        View and marker of each observation.
+    view_map : ndarray of int, shape (n_views, 5)
+        Free-parameter index of each view parameter, ``-1`` if held;
+        several views may share an index.
+    point_map : ndarray of int, shape (n_markers, 3)
+        Free-parameter index of each marker coordinate, ``-1`` if held.
     n_params : int
-        Length of the free-parameter vector.
-    point_params : ndarray of bool, shape (n_params,)
-        True for parameters that are marker coordinates.
-    param_owner : ndarray of int, shape (n_params,)
-        For point parameters, the marker they belong to; for view
-        parameters, the single view that uses them or ``-1`` when several
-        views share them (a single rotation, a tilt offset).
     eliminate : {"auto", "points", "views"}
         Which blocks to eliminate; ``"auto"`` picks the choice that leaves
-        the smaller dense system (``"views"`` puts shared view parameters in
-        the kept set).
+        the smaller dense system.
     """
 
-    def __init__(self, columns, n_params, point_params, param_owner, eliminate="auto"):
-        columns = np.asarray(columns, dtype=np.int64)
-        point_params = np.asarray(point_params, dtype=bool)
-        param_owner = np.asarray(param_owner, dtype=np.int64)
-        n_point = int(point_params.sum())
-        n_view = n_params - n_point
-        view_local = (~point_params) & (param_owner >= 0)
-        n_shared = int(((~point_params) & (param_owner < 0)).sum())
+    def __init__(self, view_index, marker_index, view_map, point_map, n_params, eliminate="auto"):
+        view_map = np.asarray(view_map, dtype=np.int64)
+        point_map = np.asarray(point_map, dtype=np.int64)
+        self.n_params = int(n_params)
+        counts = np.bincount(view_map[view_map >= 0], minlength=n_params)
+        local = (view_map >= 0) & (counts[np.maximum(view_map, 0)] == 1)
+        shared_idx = np.unique(view_map[(view_map >= 0) & ~local])
+        point_idx = point_map[point_map >= 0]
+        view_idx = np.unique(view_map[view_map >= 0])
+        n_kept_views = len(shared_idx) + len(point_idx)
         if eliminate == "auto":
-            eliminate = "views" if (n_point + n_shared) < n_view else "points"
+            eliminate = "views" if n_kept_views < len(view_idx) else "points"
         if eliminate not in ("points", "views"):
             raise ValueError(f"eliminate must be 'auto', 'points' or 'views', got {eliminate!r}")
         self.eliminate = eliminate
-        elim = point_params if eliminate == "points" else view_local
-        self.block_size = 3 if eliminate == "points" else 5
-        b = self.block_size
 
-        # groups: renumber owners of eliminated parameters 0..n_groups-1
-        owners = param_owner[elim]
-        uniq, group_of = np.unique(owners, return_inverse=True)
-        self.n_groups = len(uniq)
-        group = np.full(n_params, -1, dtype=np.int64)
-        group[elim] = group_of
-        slot = np.full(n_params, -1, dtype=np.int64)
-        # slot = rank of the parameter within its group, in index order
-        elim_idx = np.flatnonzero(elim)
-        order = np.lexsort((elim_idx, group[elim_idx]))
-        sorted_groups = group[elim_idx][order]
-        starts = np.searchsorted(sorted_groups, sorted_groups, side="left")
-        slot[elim_idx[order]] = np.arange(len(order)) - starts
-        if len(order) and slot.max() >= b:
-            raise ValueError("an eliminated block has more parameters than its block size")
-        kept_pos = np.full(n_params, -1, dtype=np.int64)
-        kept_idx = np.flatnonzero(~elim)
-        kept_pos[kept_idx] = np.arange(len(kept_idx))
-        self.n_kept = len(kept_idx)
-        self.n_params = n_params
-        self.group, self.slot, self.kept_pos = group, slot, kept_pos
+        if eliminate == "points":
+            e_map = point_map  # (n_markers, 3)
+            self.e_cols, self.k_cols = POINT_COLS, VIEW_COLS
+            group_of_obs = np.asarray(marker_index, dtype=np.int64)
+            kept = view_idx
+            k_map_obs = view_map[view_index]  # (n_obs, 5)
+        else:
+            e_map = np.where(local, view_map, -1)  # (n_views, 5)
+            self.e_cols = VIEW_COLS
+            shared_cols = np.flatnonzero(((view_map >= 0) & ~local).any(axis=0))
+            self.k_cols = np.concatenate([POINT_COLS, shared_cols])
+            group_of_obs = np.asarray(view_index, dtype=np.int64)
+            kept = np.concatenate([shared_idx, point_idx])
+            k_map_obs = np.concatenate(
+                [point_map[marker_index], np.where(local, -1, view_map)[view_index][:, shared_cols]], axis=1
+            )
+        self.e_map = e_map
+        self.n_groups, b = e_map.shape
+        self.block_size = b
+        m = len(kept)
+        self.n_kept = m
+        self.kept = kept
+        kept_pos = np.full(n_params, m, dtype=np.int64)  # m = dummy row
+        kept_pos[kept] = np.arange(m)
+        kpos = np.where(k_map_obs >= 0, kept_pos[np.maximum(k_map_obs, 0)], m)  # (n_obs, nk)
+        self.e_free = e_map >= 0
+        self._obs_layout = (group_of_obs, kpos)
+        self._targets = None
+        # flat-vector positions of the eliminated parameters
+        self._e_param = e_map[self.e_free]
+        # kept-vector position of every view / point parameter (-1: held or eliminated)
+        def kept_position(pmap, eliminated):
+            pos = np.where(pmap >= 0, kept_pos[np.maximum(pmap, 0)], -1)
+            pos[(pos == m) | eliminated] = -1
+            return np.ascontiguousarray(pos)
 
-        n_obs = columns.shape[0]
-        valid = columns >= 0
-        safe = np.where(valid, columns, 0)
-        is_e = valid & elim[safe]
-        is_k = valid & ~elim[safe]
-        g_col = np.where(is_e, group[safe], -1)
-        # every observation may touch at most one eliminated block
-        g_obs = g_col.max(axis=1)
-        if np.any((g_col >= 0) & (g_col != g_obs[:, None])):
-            raise ValueError("an observation touches two eliminated blocks; the layout is not bundle-shaped")
-        s_col = np.where(is_e, slot[safe], -1)
-        k_col = np.where(is_k, kept_pos[safe], -1)
-        m = self.n_kept
+        elim_view = (e_map >= 0) if eliminate == "views" else np.zeros(view_map.shape, dtype=bool)
+        elim_point = (point_map >= 0) if eliminate == "points" else np.zeros(point_map.shape, dtype=bool)
+        self.kpos_view = kept_position(view_map, elim_view)
+        self.kpos_point = kept_position(point_map, elim_point)
 
-        obs = np.arange(n_obs)[:, None, None]
-        ii = np.arange(N_COLS)[None, :, None]
-        jj = np.arange(N_COLS)[None, None, :]
-        src = (obs * N_COLS + ii) * N_COLS + jj  # flat index into (n_obs, 8, 8)
+    def zeros(self):
+        """Zeroed arrays ``(hee, hek, hkk, ge, gk)`` for the compiled kernel."""
+        b, m, ng = self.block_size, self.n_kept, self.n_groups
+        return np.zeros((ng, b, b)), np.zeros((ng, b, m)), np.zeros((m, m)), np.zeros((ng, b)), np.zeros(m)
 
-        ee = is_e[:, :, None] & is_e[:, None, :]
-        tgt = (g_obs[:, None, None] * b + s_col[:, :, None]) * b + s_col[:, None, :]
-        self._ee_src, self._ee_tgt = src[ee], tgt[ee]
-        ek = is_e[:, :, None] & is_k[:, None, :]
-        tgt = (g_obs[:, None, None] * b + s_col[:, :, None]) * m + k_col[:, None, :]
-        self._ek_src, self._ek_tgt = src[ek], tgt[ek]
-        kk = is_k[:, :, None] & is_k[:, None, :]
-        tgt = k_col[:, :, None] * m + k_col[:, None, :]
-        self._kk_src, self._kk_tgt = src[kk], tgt[kk]
-        gsrc = np.arange(n_obs)[:, None] * N_COLS + np.arange(N_COLS)[None, :]
-        self._ge_src = gsrc[is_e]
-        self._ge_tgt = (g_obs[:, None] * b + s_col)[is_e]
-        self._gk_src, self._gk_tgt = gsrc[is_k], k_col[is_k]
-        # slots of each group that hold no parameter get an identity diagonal
-        used = np.zeros((self.n_groups, b), dtype=bool)
-        used[group[elim_idx], slot[elim_idx]] = True
-        self._unused = ~used
+    def _numpy_targets(self):
+        """Scatter targets of the pure-numpy assembly (built on first use)."""
+        if self._targets is None:
+            g, kpos = self._obs_layout
+            b, m = self.block_size, self.n_kept
+            mp = m + 1
+            ib = np.arange(b)
+            self._targets = {
+                "mask": self.e_free[g].astype(float)[:, None, :],  # (n_obs, 1, b)
+                "ee": ((g[:, None, None] * b + ib[None, :, None]) * b + ib[None, None, :]).ravel(),
+                "ek": ((g[:, None, None] * b + ib[None, :, None]) * mp + kpos[:, None, :]).ravel(),
+                "kk": (kpos[:, :, None] * mp + kpos[:, None, :]).ravel(),
+                "ge": (g[:, None] * b + ib[None, :]).ravel(),
+                "gk": kpos.ravel(),
+            }
+        return self._targets
 
     def assemble(self, jac, resid):
         """Accumulate ``J^T J`` and ``J^T r`` in block form.
@@ -126,8 +130,8 @@ class SchurStructure:
         Parameters
         ----------
         jac : ndarray, shape (n_obs, 2, 8)
-            Weighted Jacobian rows of each observation (view columns then
-            point columns).
+            Weighted Jacobian rows of each observation (five view columns,
+            then three point columns).
         resid : ndarray, shape (n_obs, 2)
             Weighted residuals.
 
@@ -136,14 +140,28 @@ class SchurStructure:
         NormalEquations
         """
         b, m, ng = self.block_size, self.n_kept, self.n_groups
-        jtj = np.einsum("kri,krj->kij", jac, jac).ravel()
-        jtr = np.einsum("kri,kr->ki", jac, resid).ravel()
-        hee = np.bincount(self._ee_tgt, jtj[self._ee_src], minlength=ng * b * b).reshape(ng, b, b)
-        hek = np.bincount(self._ek_tgt, jtj[self._ek_src], minlength=ng * b * m).reshape(ng, b, m)
-        hkk = np.bincount(self._kk_tgt, jtj[self._kk_src], minlength=m * m).reshape(m, m)
-        ge = np.bincount(self._ge_tgt, jtr[self._ge_src], minlength=ng * b).reshape(ng, b)
-        gk = np.bincount(self._gk_tgt, jtr[self._gk_src], minlength=m)
-        return NormalEquations(self, hee, hek, hkk, ge, gk)
+        mp = m + 1
+        t = self._numpy_targets()
+        je = jac[:, :, self.e_cols] * t["mask"]  # (n_obs, 2, b)
+        jk = jac[:, :, self.k_cols]  # (n_obs, 2, nk)
+        hee = np.bincount(t["ee"], _atb(je, je), minlength=ng * b * b).reshape(ng, b, b)
+        hek = np.bincount(t["ek"], _atb(je, jk), minlength=ng * b * mp).reshape(ng, b, mp)[:, :, :m]
+        hkk = np.bincount(t["kk"], _atb(jk, jk), minlength=mp * mp).reshape(mp, mp)[:m, :m]
+        r0, r1 = resid[:, 0:1], resid[:, 1:2]
+        ge = np.bincount(t["ge"], (je[:, 0] * r0 + je[:, 1] * r1).ravel(), minlength=ng * b).reshape(ng, b)
+        gk = np.bincount(t["gk"], (jk[:, 0] * r0 + jk[:, 1] * r1).ravel(), minlength=mp)[:m]
+        return NormalEquations(self, hee, np.ascontiguousarray(hek), np.ascontiguousarray(hkk), ge, gk)
+
+
+def _atb(a, b):
+    """Flattened per-observation products ``a_k^T b_k`` of two-row blocks.
+
+    ``a`` (n, 2, p) and ``b`` (n, 2, q) give (n * p * q,) values; written
+    out because batched ``matmul`` on 2-row blocks is slow.
+    """
+    out = a[:, 0, :, None] * b[:, 0, None, :]
+    out += a[:, 1, :, None] * b[:, 1, None, :]
+    return out.ravel()
 
 
 class NormalEquations:
@@ -162,12 +180,11 @@ class NormalEquations:
         return self.to_flat(self.ge, self.gk)
 
     def to_flat(self, e, k):
+        """Scatter block-layout values ``(e (n_groups, b), k (m,))`` to a flat vector."""
         st = self.structure
         out = np.zeros(st.n_params)
-        isel = st.group >= 0
-        out[isel] = e[st.group[isel], st.slot[isel]]
-        ksel = st.kept_pos >= 0
-        out[ksel] = k[st.kept_pos[ksel]]
+        out[st._e_param] = e[st.e_free]
+        out[st.kept] = k
         return out
 
     def solve(self, mu, diag_e, diag_k):
@@ -187,31 +204,32 @@ class NormalEquations:
             definite (the caller raises ``mu``).
         """
         st = self.structure
-        hee = self.hee + mu * diag_e[:, :, None] * np.eye(st.block_size)
-        hee[st._unused] = 0.0
-        idx_g, idx_s = np.nonzero(st._unused)
-        hee[idx_g, idx_s, idx_s] = 1.0
+        b = st.block_size
+        hee = self.hee + (mu * diag_e)[:, :, None] * np.eye(b)
+        gi, si = np.nonzero(~st.e_free)  # held slots: zero rows (masked Jacobian), unit diagonal
+        hee[gi, si, si] = 1.0
+        ge = np.where(st.e_free, self.ge, 0.0)
         try:
             hee_inv = np.linalg.inv(hee)
         except np.linalg.LinAlgError:
             return None
         m = st.n_kept
-        nb = st.n_groups * st.block_size
         if m:
-            w = np.matmul(hee_inv, self.hek)  # (n_groups, b, m)
+            w = hee_inv @ self.hek  # (n_groups, b, m)
+            nb = st.n_groups * b
             w_flat = w.reshape(nb, m)
             s = self.hkk - self.hek.reshape(nb, m).T @ w_flat
             s[np.diag_indices(m)] += mu * diag_k
-            rhs = -self.gk + w_flat.T @ self.ge.reshape(nb)
+            rhs = -self.gk + w_flat.T @ ge.reshape(nb)
             try:
                 cho = scipy.linalg.cho_factor(s, check_finite=False)
             except np.linalg.LinAlgError:
                 return None
             dk = scipy.linalg.cho_solve(cho, rhs, check_finite=False)
-            de = np.einsum("gij,gj->gi", hee_inv, -self.ge - self.hek @ dk)
+            de = (hee_inv @ (-ge - self.hek @ dk)[:, :, None])[:, :, 0]
         else:
             dk = np.zeros(0)
-            de = np.einsum("gij,gj->gi", hee_inv, -self.ge)
+            de = (hee_inv @ (-ge)[:, :, None])[:, :, 0]
         step = self.to_flat(de, dk)
         if not np.all(np.isfinite(step)):
             return None

@@ -1,0 +1,106 @@
+# Fiducial alignment: import -> coarse -> initial -> main -> tilt -> polish -> IMOD files.
+
+
+rule import_markers:
+    input:
+        unpack(series_files),
+    output:
+        prepared="results/{series}/work/prepared.json",
+    params:
+        row=sheet_row,
+    log:
+        "logs/{series}/import_markers.log",
+    script:
+        "../scripts/import_markers.py"
+
+
+rule align_coarse:
+    input:
+        prepared="results/{series}/work/prepared.json",
+    output:
+        state="results/{series}/stages/coarse.json",
+        coarse_xf="results/{series}/coarse.xf",
+    params:
+        options=stage_params("coarse", config),
+    log:
+        "logs/{series}/align_coarse.log",
+    script:
+        "../scripts/align_coarse.py"
+
+
+rule align_initial:
+    input:
+        prepared="results/{series}/work/prepared.json",
+        state="results/{series}/stages/coarse.json",
+    output:
+        state="results/{series}/stages/initial.json",
+    params:
+        stage="initial",
+        options=stage_params("initial", config),
+    log:
+        "logs/{series}/align_initial.log",
+    benchmark:
+        "benchmarks/{series}/align_initial.tsv"
+    script:
+        "../scripts/align_stage.py"
+
+
+use rule align_initial as align_main with:
+    input:
+        prepared="results/{series}/work/prepared.json",
+        state="results/{series}/stages/initial.json",
+    output:
+        state="results/{series}/stages/main.json",
+    params:
+        stage="main",
+        options=stage_params("main", config),
+    log:
+        "logs/{series}/align_main.log",
+    benchmark:
+        "benchmarks/{series}/align_main.tsv"
+
+
+use rule align_initial as align_tilt with:
+    input:
+        prepared="results/{series}/work/prepared.json",
+        state="results/{series}/stages/main.json",
+    output:
+        state="results/{series}/stages/tilt.json",
+    params:
+        stage="tilt",
+        options=stage_params("tilt", config),
+    log:
+        "logs/{series}/align_tilt.log",
+    benchmark:
+        "benchmarks/{series}/align_tilt.tsv"
+
+
+use rule align_initial as align_polish with:
+    input:
+        prepared="results/{series}/work/prepared.json",
+        state="results/{series}/stages/tilt.json",
+    output:
+        state="results/{series}/stages/polish.json",
+    params:
+        stage="polish",
+        options=stage_params("polish", config),
+    log:
+        "logs/{series}/align_polish.log",
+    benchmark:
+        "benchmarks/{series}/align_polish.tsv"
+
+
+rule write_alignment:
+    input:
+        prepared="results/{series}/work/prepared.json",
+        state=final_stage,
+    output:
+        xf="results/{series}/{series}.xf",
+        tlt="results/{series}/{series}.tlt",
+        xyz="results/{series}/{series}.xyz",
+        fiducials="results/{series}/fiducials.tsv",
+        summary="results/{series}/summary.json",
+    log:
+        "logs/{series}/write_alignment.log",
+    script:
+        "../scripts/write_alignment.py"

@@ -1,0 +1,54 @@
+# Sheet loading, schema validation and input functions.
+import re
+
+from snakemake.utils import validate
+
+from tiltflow.sheet import read_sheet
+from tiltflow.steps import stage_params
+
+
+validate(config, schema="../config/schemas/config.schema.yaml")
+
+sheet = read_sheet(config["tiltseries"])
+validate(sheet, schema="../config/schemas/tiltseries.schema.yaml")
+
+SERIES = sheet["series"].tolist()
+
+
+wildcard_constraints:
+    series="|".join(re.escape(s) for s in SERIES),
+
+
+def sheet_row(wildcards):
+    """The sheet row of a series as a plain dict (a rerun trigger: editing the row reruns its import)."""
+    row = sheet.loc[wildcards.series].to_dict()
+    return {k: (None if v != v else v) for k, v in row.items()}
+
+
+def series_files(wildcards):
+    """Input files of a series: markers, tilts, and stack/prexg when given."""
+    row = sheet.loc[wildcards.series]
+    files = {"markers": row["markers"], "tilts": row["tilts"]}
+    for key in ("stack", "prexg"):
+        if row[key]:
+            files[key] = row[key]
+    return files
+
+
+def final_stage(wildcards):
+    """State file of the last alignment stage (polish, or tilt when polish is off)."""
+    stage = "polish" if config["align"]["polish"] else "tilt"
+    return f"results/{wildcards.series}/stages/{stage}.json"
+
+
+def all_outputs():
+    per_series = [
+        "{series}.xf",
+        "{series}.tlt",
+        "{series}.xyz",
+        "fiducials.tsv",
+        "summary.json",
+        "coarse.xf",
+    ]
+    files = [f"results/{s}/{f.format(series=s)}" for s in SERIES for f in per_series]
+    return files + ["results/summary.tsv"]

@@ -1,0 +1,17 @@
+# Deterministic demo data (simulated marker observations with known truth).
+from tiltflow.simulate import DEMO_SERIES
+
+
+rule simulate_demo:
+    output:
+        csv="demo/{demo}/markers.csv",
+        txt="demo/{demo}/markers.txt",
+        fid="demo/{demo}/markers.fid",
+        tilts="demo/{demo}/tilts.rawtlt",
+        truth="demo/{demo}/truth.json",
+    wildcard_constraints:
+        demo="|".join(DEMO_SERIES),
+    log:
+        "logs/demo/{demo}.log",
+    script:
+        "../scripts/simulate_demo.py"

@@ -1,0 +1,12 @@
+# Cross-series summary.
+
+
+rule summarize:
+    input:
+        summaries=expand("results/{series}/summary.json", series=SERIES),
+    output:
+        tsv="results/summary.tsv",
+    log:
+        "logs/summarize.log",
+    script:
+        "../scripts/summarize.py"

@@ -1,0 +1,12 @@
+"""Rules align_initial, align_main, align_tilt, align_polish: one L-M stage."""
+from tiltflow import steps
+
+steps.run_logged(
+    snakemake.log[0],
+    steps.align_stage,
+    snakemake.params.stage,
+    snakemake.input.prepared,
+    snakemake.input.state,
+    dict(snakemake.params.options),
+    snakemake.output.state,
+)

@@ -1,0 +1,11 @@
+"""Rule write_alignment: IMOD .xf/.tlt/.xyz, fiducials.tsv and summary.json."""
+from tiltflow import steps
+
+steps.run_logged(
+    snakemake.log[0],
+    steps.write_alignment,
+    snakemake.input.prepared,
+    snakemake.input.state,
+    snakemake.wildcards.series,
+    dict(snakemake.output.items()),
+)

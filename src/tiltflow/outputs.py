@@ -1,0 +1,132 @@
+"""The per-series results: IMOD transforms, tilts, 3D positions, fiducial
+table and summary, computed from a prepared series and its final state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from . import projection
+from .align import AlignmentState, output_frame, residual_stats
+from .prepare import Prepared
+from .projection import ROT, SCALE, TILT
+
+FIDUCIAL_COLUMNS = ["marker", "view", "tilt", "x", "y", "x_fit", "y_fit", "resid_x", "resid_y", "weight"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesResult:
+    """Everything written to ``results/{series}/``.
+
+    Attributes
+    ----------
+    views : ndarray, shape (n_views, 5)
+        Final view parameters in the output frame.
+    points_xyz_px : ndarray, shape (n_markers, 3)
+        Final marker positions in the output frame (origin on the tilt axis
+        at the centre of the aligned images).
+    xf : ndarray, shape (n_views, 6)
+        Raw (or, without ``prexg``, marker-image) to aligned transforms.
+    tilt_deg : ndarray, shape (n_views,)
+    contour_ids : ndarray of int, shape (n_markers,)
+        Ids for the ``.xyz`` file (the marker id where it is an integer).
+    fiducials : pandas.DataFrame
+        The marker x view grid, columns :data:`FIDUCIAL_COLUMNS`.
+    summary : dict
+        ``summary.json``.
+    """
+
+    views: np.ndarray
+    points_xyz_px: np.ndarray
+    xf: np.ndarray
+    tilt_deg: np.ndarray
+    contour_ids: np.ndarray
+    fiducials: pd.DataFrame
+    summary: dict
+
+
+def contour_ids(marker_ids):
+    """Integer ids for IMOD files: the marker ids if all are integers, else 1..n."""
+    try:
+        ids = np.array([int(m) for m in marker_ids])
+        if len(set(ids.tolist())) == len(ids):
+            return ids
+    except ValueError:
+        pass
+    return np.arange(1, len(marker_ids) + 1)
+
+
+def fiducial_table(prepared: Prepared, views, points, weight):
+    """One row per (marker, view) of the whole grid.
+
+    ``x y`` are empty where the marker was not observed, ``x_fit y_fit``
+    are the model's prediction everywhere, ``resid = fit - observed``
+    (IMOD's sign), ``weight`` the observation's weight in the final fit
+    (0 for points in excluded views; empty where not observed).
+    """
+    s = prepared.series
+    n_m, n_v = s.obs.n_markers, s.n_views
+    mi, vi = np.meshgrid(np.arange(n_m), np.arange(n_v), indexing="ij")
+    mi, vi = mi.ravel(), vi.ravel()
+    fit = projection.project(points, views, mi, vi, s.centre_xy_px)
+    obs_xy = np.full((n_m * n_v, 2), np.nan)
+    w = np.full(n_m * n_v, np.nan)
+    flat = s.obs.marker_index * n_v + s.obs.view_index
+    obs_xy[flat] = s.obs.xy_px
+    w[flat] = weight
+    resid = fit - obs_xy
+    return pd.DataFrame({
+        "marker": s.marker_ids[mi],
+        "view": vi,
+        "tilt": np.rad2deg(views[vi, TILT]),
+        "x": obs_xy[:, 0],
+        "y": obs_xy[:, 1],
+        "x_fit": fit[:, 0],
+        "y_fit": fit[:, 1],
+        "resid_x": resid[:, 0],
+        "resid_y": resid[:, 1],
+        "weight": w,
+    })
+
+
+def build_result(prepared: Prepared, state: AlignmentState, series_name=""):
+    """Compute all per-series outputs from the final state."""
+    s = prepared.series
+    views, points = output_frame(s, state.views, state.points_xyz_px)
+    xf = projection.views_to_xf(views)
+    if prepared.prexg is not None:
+        xf = projection.xf_product(prepared.prexg, xf)
+    tilt_deg = np.rad2deg(views[:, TILT])
+    fid = fiducial_table(prepared, views, points, state.weight)
+    rms, mean = residual_stats(s, views, points, state.weight)
+    used = state.weight > 0
+    strong, weak, empty = s.view_classes()
+    summary = {
+        "series": series_name,
+        "stages": [st.to_dict() for st in state.stages],
+        "rms": rms,
+        "mean_residual": mean,
+        "solve_seconds": float(sum(st.seconds for st in state.stages)),
+        "leave_out_error": None,
+        "n_markers": int(s.obs.n_markers),
+        "n_views": int(s.n_views),
+        "n_observations": int(used.sum()),
+        "n_views_aligned": int((~empty).sum()),
+        "reference_view": int(state.reference_view),
+        "tilt_axis_deg_mean": float(np.rad2deg(np.mean(views[~empty, ROT]))),
+        "tilt_offset_deg_mean": float(np.mean(tilt_deg[~empty] - s.nominal_tilt_deg[~empty])),
+        "scale_range": [float(views[~empty, SCALE].min()), float(views[~empty, SCALE].max())],
+        "image_size": [int(s.width), int(s.height)],
+        "pixel_size_angstrom": prepared.pixel_size_angstrom,
+        "dropped_markers": prepared.dropped_markers,
+        "weak_views": prepared.weak_views,
+        "weak_view_handling": "shifts solved; tilt, rotation and scale tied to neighbouring views (interpolated over tilt)",
+        "empty_views": prepared.empty_views,
+        "excluded_views": prepared.excluded_views,
+        "empty_view_handling": "all parameters interpolated over tilt from neighbouring views",
+        "downweighted_observations": int(((state.weight > 0) & (state.weight < 0.5)).sum()),
+        "status": state.stages[-1].message if state.stages else "",
+    }
+    return SeriesResult(views, points, xf, tilt_deg, contour_ids(s.marker_ids), fid, summary)

@@ -1,0 +1,199 @@
+"""One function per workflow rule: read inputs, call the numerics, write outputs.
+
+The scripts in ``scripts/`` only unpack ``snakemake.*`` and call these, so
+every rule can be run and tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import align, io, outputs, projection, simulate
+from .io.state import load_prepared, load_state, save_prepared, save_state
+from .prepare import prepare
+from .sheet import series_spec
+from .solver import LMOptions
+
+log = logging.getLogger(__name__)
+
+#: Which config keys each stage depends on (Snakemake params: a change re-runs only these).
+STAGE_KEYS = {
+    "coarse": ("reference_view",),
+    "initial": ("rotation", "reference_view", "max_iterations", "ftol"),
+    "main": ("rotation", "scale", "max_iterations", "ftol", "robust"),
+    "tilt": ("rotation", "scale", "tilt", "max_iterations", "ftol", "robust"),
+    "polish": ("rotation", "scale", "tilt", "max_iterations", "ftol", "robust"),
+}
+
+
+def stage_params(stage, config):
+    """The config values ``stage`` depends on, as a flat dict."""
+    merged = dict(config.get("align", {}))
+    merged["robust"] = bool(config.get("robust", False))
+    return {k: merged.get(k) for k in STAGE_KEYS[stage]}
+
+
+def align_options(params):
+    """:class:`AlignOptions` from a (partial) flat dict of config values."""
+    lm = LMOptions(
+        max_iterations=int(params.get("max_iterations") or 200),
+        ftol=float(params.get("ftol") or 1e-10),
+    )
+    return align.AlignOptions(
+        rotation=params.get("rotation") or "per_view",
+        scale=params.get("scale") or "per_view",
+        tilt=params.get("tilt") or "per_view",
+        reference_view=params.get("reference_view"),
+        robust=bool(params.get("robust", False)),
+        lm=lm,
+    )
+
+
+def import_markers(row, out_prepared):
+    """Rule ``import_markers``: validate one sheet row's files, write ``prepared.json``."""
+    spec = series_spec(row)
+    prepared = prepare(spec)
+    s = prepared.series
+    log.info("%s: %d markers, %d views, %d observations (%s)", spec.name, s.obs.n_markers, s.n_views,
+             len(s.obs.view_index), spec.markers)
+    save_prepared(out_prepared, prepared)
+
+
+def align_coarse(prepared_path, params, out_state, out_coarse_xf):
+    """Rule ``align_coarse``: marker-based shifts and starting positions."""
+    prepared = load_prepared(prepared_path)
+    options = align_options(params)
+    state = align.initial_state(prepared.series, options)
+    shifts = state.views[:, projection.DX:]
+    xf = np.zeros((len(shifts), 6))
+    xf[:, 0] = xf[:, 3] = 1.0
+    xf[:, 4:] = -shifts
+    if prepared.prexg is not None:
+        xf = projection.xf_product(prepared.prexg, xf)
+    io.write_xf(out_coarse_xf, xf)
+    save_state(out_state, state)
+    log.info("coarse: reference view %d, shifts up to %.1f px", state.reference_view, np.abs(shifts).max())
+
+
+def align_stage(stage, prepared_path, state_path, params, out_state):
+    """Rules ``align_initial`` ... ``align_polish``: one L-M stage."""
+    prepared = load_prepared(prepared_path)
+    state = load_state(state_path)
+    new = align.run_stage(stage, prepared.series, state, align_options(params))
+    save_state(out_state, new)
+
+
+def write_alignment(prepared_path, state_path, series_name, out):
+    """Rule ``write_alignment``: IMOD files, ``fiducials.tsv`` and ``summary.json``.
+
+    Parameters
+    ----------
+    out : mapping
+        Paths for ``xf``, ``tlt``, ``xyz``, ``fiducials`` and ``summary``.
+    """
+    prepared = load_prepared(prepared_path)
+    state = load_state(state_path)
+    t0 = time.perf_counter()
+    result = outputs.build_result(prepared, state, series_name)
+    log.info("outputs computed in %.3f s", time.perf_counter() - t0)
+    io.write_xf(out["xf"], result.xf)
+    io.write_tlt(out["tlt"], result.tilt_deg)
+    io.write_xyz(out["xyz"], result.points_xyz_px, result.contour_ids,
+                 (prepared.series.width, prepared.series.height), prepared.pixel_size_angstrom)
+    result.fiducials.to_csv(out["fiducials"], sep="\t", index=False, float_format="%.4f", na_rep="")
+    with open(out["summary"], "w", encoding="utf-8") as f:
+        json.dump(_jsonable(result.summary), f, indent=1)
+
+
+SUMMARY_COLUMNS = [
+    "series", "n_views", "n_markers", "n_observations", "rms", "mean_residual", "leave_out_error",
+    "solve_seconds", "tilt_axis_deg_mean", "tilt_offset_deg_mean", "reference_view", "status",
+]
+
+
+def summarize(summary_paths, out_tsv):
+    """Rule ``summarize``: ``results/summary.tsv``, one row per series."""
+    rows = []
+    for p in summary_paths:
+        with open(p, encoding="utf-8") as f:
+            doc = json.load(f)
+        rows.append({k: doc.get(k) for k in SUMMARY_COLUMNS})
+    pd.DataFrame(rows, columns=SUMMARY_COLUMNS).to_csv(out_tsv, sep="\t", index=False, float_format="%.5g")
+
+
+def simulate_demo(name, out):
+    """Rule ``simulate_demo``: write one demo series in every marker format.
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`tiltflow.simulate.DEMO_SERIES`.
+    out : mapping
+        Paths for ``csv``, ``txt``, ``fid``, ``tilts`` and ``truth``.
+    """
+    if name not in simulate.DEMO_SERIES:
+        raise ValueError(f"demo must be one of {', '.join(simulate.DEMO_SERIES)}; got {name!r}")
+    spec = simulate.DEMO_SERIES[name]
+    sim = simulate.simulate(spec)
+    ids = sim.marker + 1
+    io.write_markers_csv(out["csv"], ids, sim.view, sim.xy_px)
+    io.write_point_text(out["txt"], ids, sim.view, sim.xy_px)
+    contours = []
+    for m in range(spec.n_markers):
+        sel = sim.marker == m
+        if sel.any():
+            contours.append(np.column_stack([sim.xy_px[sel], sim.view[sel]]))
+    io.write_imod_model(out["fid"], contours, (sim.width, sim.height, spec.n_views))
+    with open(out["tilts"], "w", encoding="utf-8") as f:
+        f.write("".join(f"{t:8.2f}\n" for t in sim.nominal_tilt_deg))
+    truth = {
+        "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(spec).items()},
+        "tilt_deg": np.rad2deg(sim.views[:, 0]).tolist(),
+        "rotation_deg": np.rad2deg(sim.views[:, 1]).tolist(),
+        "scale": sim.views[:, 2].tolist(),
+        "shift_px": sim.views[:, 3:].tolist(),
+        "points_xyz_px": sim.points_xyz_px.tolist(),
+    }
+    with open(out["truth"], "w", encoding="utf-8") as f:
+        json.dump(truth, f, indent=1)
+    log.info("demo %s: %d observations of %d markers in %d views", name, len(sim.view), spec.n_markers, spec.n_views)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def run_logged(log_path, func, *args, **kwargs):
+    """Run a step with logging sent to ``log_path``; failures are logged with
+    their traceback, then re-raised so that Snakemake marks the job failed."""
+    setup_logging(log_path)
+    try:
+        return func(*args, **kwargs)
+    except Exception:
+        log.exception("%s failed", func.__name__)
+        raise
+
+
+def setup_logging(path):
+    """Send the package's logging to a rule's log file."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
