@@ -100,6 +100,8 @@ rule write_alignment:
         xyz="results/{series}/{series}.xyz",
         fiducials="results/{series}/fiducials.tsv",
         summary="results/{series}/summary.json",
+    params:
+        options=stage_params("polish", config),
     log:
         "logs/{series}/write_alignment.log",
     script:

@@ -6,6 +6,7 @@ steps.run_logged(
     steps.write_alignment,
     snakemake.input.prepared,
     snakemake.input.state,
+    dict(snakemake.params.options),
     snakemake.wildcards.series,
     dict(snakemake.output.items()),
 )

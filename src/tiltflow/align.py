@@ -24,7 +24,7 @@ import numpy as np
 
 from . import projection
 from .projection import DX, DY, ROT, SCALE, TILT
-from .solver import Layout, LMOptions, Observations, solve_bundle
+from .solver import Layout, LMOptions, Observations, solve_bundle, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -461,6 +461,7 @@ def run_stage(stage, series, state, options):
     AlignmentState
         With the stage's solution (centroid gauge) and its report appended.
     """
+    warm_up()  # JIT loading is not solve time
     t0 = time.perf_counter()
     views = tie_weak_views(series, state.views)
     if stage == "initial":

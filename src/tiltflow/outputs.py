@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from . import projection
-from .align import AlignmentState, output_frame, residual_stats
+from .align import AlignmentState, AlignOptions, output_frame, residual_stats
+from .diagnostics import leave_out
 from .prepare import Prepared
 from .projection import ROT, SCALE, TILT
 
@@ -91,9 +92,14 @@ def fiducial_table(prepared: Prepared, views, points, weight):
     })
 
 
-def build_result(prepared: Prepared, state: AlignmentState, series_name=""):
-    """Compute all per-series outputs from the final state."""
+def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions(), series_name=""):
+    """Compute all per-series outputs from the final state.
+
+    ``options`` says which parameters the model has (for the leave-out
+    error, which re-fits the full model without each observation).
+    """
     s = prepared.series
+    loo = leave_out(s, state, options)
     views, points = output_frame(s, state.views, state.points_xyz_px)
     xf = projection.views_to_xf(views)
     if prepared.prexg is not None:
@@ -109,10 +115,13 @@ def build_result(prepared: Prepared, state: AlignmentState, series_name=""):
         "rms": rms,
         "mean_residual": mean,
         "solve_seconds": float(sum(st.seconds for st in state.stages)),
-        "leave_out_error": None,
+        "leave_out_error": loo.error,
+        "leave_out_error_imod": loo.imod_error,
+        "leave_out_undetermined": int(loo.undetermined.sum()),
         "n_markers": int(s.obs.n_markers),
         "n_views": int(s.n_views),
-        "n_observations": int(used.sum()),
+        "n_observations": int(len(s.obs.view_index)),
+        "n_observations_used": int(used.sum()),
         "n_views_aligned": int((~empty).sum()),
         "reference_view": int(state.reference_view),
         "tilt_axis_deg_mean": float(np.rad2deg(np.mean(views[~empty, ROT]))),

@@ -89,18 +89,21 @@ def align_stage(stage, prepared_path, state_path, params, out_state):
     save_state(out_state, new)
 
 
-def write_alignment(prepared_path, state_path, series_name, out):
+def write_alignment(prepared_path, state_path, params, series_name, out):
     """Rule ``write_alignment``: IMOD files, ``fiducials.tsv`` and ``summary.json``.
 
     Parameters
     ----------
+    params : mapping
+        The polish stage's config values (:func:`stage_params`): which
+        parameters the model has, for the leave-out error.
     out : mapping
         Paths for ``xf``, ``tlt``, ``xyz``, ``fiducials`` and ``summary``.
     """
     prepared = load_prepared(prepared_path)
     state = load_state(state_path)
     t0 = time.perf_counter()
-    result = outputs.build_result(prepared, state, series_name)
+    result = outputs.build_result(prepared, state, align_options(params), series_name)
     log.info("outputs computed in %.3f s", time.perf_counter() - t0)
     io.write_xf(out["xf"], result.xf)
     io.write_tlt(out["tlt"], result.tilt_deg)

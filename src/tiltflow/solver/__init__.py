@@ -4,7 +4,7 @@ Public API: :class:`Observations`, :class:`Layout`, :func:`solve_bundle`,
 :class:`LMOptions`, :class:`LMReport`, :data:`TERMINATION_MESSAGES`.
 """
 
-from ._bundle import BundleProblem, BundleSolution, Layout, Observations, solve_bundle
+from ._bundle import BundleProblem, BundleSolution, Layout, Observations, solve_bundle, warm_up
 from ._lm import TERMINATION_MESSAGES, LMOptions, LMReport, levenberg_marquardt
 from ._schur import SchurStructure
 
@@ -19,4 +19,5 @@ __all__ = [
     "TERMINATION_MESSAGES",
     "levenberg_marquardt",
     "solve_bundle",
+    "warm_up",
 ]

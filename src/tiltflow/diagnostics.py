@@ -1,0 +1,169 @@
+"""Leave-out errors and standard errors from the Gauss-Newton hat matrix.
+
+At the least-squares solution, removing observation ``k`` and re-fitting
+everything (alignment and 3D positions) changes its residual, to first
+order, to ``(I - H_kk)^-1 r_k`` where ``H_kk = J_k (J^T J)^-1 J_k^T`` is
+its 2x2 leverage block (Cook & Weisberg; exact for the linearised
+problem).  ``(J^T J)^-1`` comes from the same Schur complement the solver
+uses, so this costs about one solver iteration plus the inverse of the
+reduced system.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import scipy.linalg
+
+from . import projection
+from .align import stage_layout
+from .solver import BundleProblem
+
+#: Leverage above which removing an observation leaves something undetermined.
+LEVERAGE_LIMIT = 0.99
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaveOut:
+    """Leave-one-out prediction errors of every observation.
+
+    Attributes
+    ----------
+    resid_xy_px : ndarray, shape (n_obs, 2)
+        ``fit - observed`` when the observation is left out of the fit
+        (alignment re-fitted too).
+    leverage : ndarray, shape (n_obs,)
+        Largest eigenvalue of the observation's 2x2 hat block.
+    undetermined : ndarray of bool, shape (n_obs,)
+        Leverage above :data:`LEVERAGE_LIMIT`: without this point a view
+        or a marker is not determined; kept out of :attr:`error`.
+    error : float
+        Mean length of the leave-out residuals (determined points with
+        weight > 0), pixels.
+    imod_resid_xy_px : ndarray, shape (n_obs, 2)
+        IMOD's version: only the marker's 3D position re-fitted, the
+        alignment held (optimistic when views have few markers).
+    imod_error : float
+    """
+
+    resid_xy_px: np.ndarray
+    leverage: np.ndarray
+    undetermined: np.ndarray
+    error: float
+    imod_resid_xy_px: np.ndarray
+    imod_error: float
+
+
+def _solve2(a, r):
+    """Solve stacked 2x2 systems ``a (n,2,2) x = r (n,2)``."""
+    det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+    det = np.where(np.abs(det) < 1e-300, np.nan, det)
+    x0 = (a[:, 1, 1] * r[:, 0] - a[:, 0, 1] * r[:, 1]) / det
+    x1 = (-a[:, 1, 0] * r[:, 0] + a[:, 0, 0] * r[:, 1]) / det
+    return np.column_stack([x0, x1])
+
+
+def _max_eig2(h):
+    tr = h[:, 0, 0] + h[:, 1, 1]
+    det = h[:, 0, 0] * h[:, 1, 1] - h[:, 0, 1] * h[:, 1, 0]
+    return 0.5 * tr + np.sqrt(np.maximum(0.25 * tr**2 - det, 0.0))
+
+
+def leave_out(series, state, options):
+    """Leave-one-out residuals of all observations at ``state``.
+
+    Parameters
+    ----------
+    series : tiltflow.align.Series
+    state : tiltflow.align.AlignmentState
+        The final solution; its weights are used.
+    options : tiltflow.align.AlignOptions
+        Which parameters the model has (the polish-stage layout).
+
+    Returns
+    -------
+    LeaveOut
+    """
+    obs = series.obs.with_weight(series.obs.weight * state.weight)
+    layout = stage_layout("polish", series, state, options)
+    problem = BundleProblem(obs, layout, "auto", compiled=True)
+    views, points = state.views, state.points_xyz_px
+    _, ne = problem.linearize((views, points))
+    st = ne.structure
+    b, m = st.block_size, st.n_kept
+    pred, jv, jp = projection.project_with_jacobian(points, views, obs.marker_index, obs.view_index, obs.centre_xy_px)
+    sw = np.sqrt(obs.weight)[:, None, None]
+    jac = np.concatenate([jv, jp], axis=2) * sw  # (n_obs, 2, 8)
+    r = (pred - obs.xy_px) * sw[:, :, 0]
+
+    # covariance blocks of (J^T J)^-1 through the Schur complement
+    hee = ne.hee.copy()
+    gi, si = np.nonzero(~st.e_free)
+    hee[gi, si, si] = 1.0
+    hee_inv = np.linalg.inv(hee)
+    hee_inv[gi, si, :] = 0.0
+    hee_inv[gi, :, si] = 0.0
+    if m:
+        w = hee_inv @ ne.hek  # (g, b, m)
+        nb = st.n_groups * b
+        s = ne.hkk - ne.hek.reshape(nb, m).T @ w.reshape(nb, m)
+        s_inv = scipy.linalg.cho_solve(scipy.linalg.cho_factor(s), np.eye(m))
+    else:
+        w = np.zeros((st.n_groups, b, 0))
+        s_inv = np.zeros((0, 0))
+
+    if st.eliminate == "points":
+        g = obs.marker_index
+        je = jac[:, :, 5:8] * st.e_free[g][:, None, :]
+        kpos = st.kpos_view[obs.view_index]
+        jk = jac[:, :, 0:5]
+    else:
+        g = obs.view_index
+        je = jac[:, :, 0:5] * st.e_free[g][:, None, :]
+        kpos = np.concatenate([st.kpos_view[obs.view_index], st.kpos_point[obs.marker_index]], axis=1)
+        jk = np.concatenate([jac[:, :, 0:5], jac[:, :, 5:8]], axis=2)
+        # view columns that are eliminated are not kept
+    valid = kpos >= 0
+    jk = jk * valid[:, None, :]
+    kp = np.where(valid, kpos, 0)
+    # C_ee = Hee^-1 + W S^-1 W^T ; C_ek = -W S^-1 ; C_kk = S^-1
+    wg = w[g]  # (n, b, m)
+    # a = J_e W S^-1 W^T J_e^T etc., computed with the m-vector t = W^T J_e^T  (n, m, 2)
+    t = np.einsum("nbm,nrb->nmr", wg, je) if m else np.zeros((len(g), 0, 2))
+    s_t = np.einsum("mk,nkr->nmr", s_inv, t) if m else t
+    h = np.einsum("nrb,nbc,nsc->nrs", je, hee_inv[g], je)
+    h += np.einsum("nmr,nms->nrs", t, s_t)
+    if m:
+        # cross terms: -J_e W S^-1 J_k^T (and transpose)
+        s_k = s_inv[:, kp.ravel()].reshape(m, *kp.shape).transpose(1, 0, 2)  # (n, m, nk)
+        cross = -np.einsum("nmr,nmk,nsk->nrs", t, s_k, jk)
+        h += cross + cross.transpose(0, 2, 1)
+        ckk = s_inv[kp[:, :, None], kp[:, None, :]]  # (n, nk, nk)
+        h += np.einsum("nrk,nkl,nsl->nrs", jk, ckk, jk)
+    lev = _max_eig2(h)
+    undetermined = lev > LEVERAGE_LIMIT
+    i_minus_h = np.eye(2)[None] - h
+    loo = _solve2(i_minus_h, r)
+    # back to unweighted pixels
+    wsafe = np.where(obs.weight > 0, np.sqrt(obs.weight), 1.0)[:, None]
+    loo = loo / wsafe
+    loo[obs.weight == 0] = (pred - obs.xy_px)[obs.weight == 0]
+    use = (~undetermined) & (obs.weight > 0) & np.isfinite(loo).all(axis=1)
+    error = float(np.mean(np.hypot(loo[use, 0], loo[use, 1]))) if use.any() else float("nan")
+
+    imod = _imod_leave_out(obs, jp * sw, r) / wsafe
+    imod_use = (obs.weight > 0) & np.isfinite(imod).all(axis=1)
+    imod_error = float(np.mean(np.hypot(imod[imod_use, 0], imod[imod_use, 1]))) if imod_use.any() else float("nan")
+    return LeaveOut(loo, lev, undetermined, error, imod, imod_error)
+
+
+def _imod_leave_out(obs, jp, r):
+    """Leave-out residuals with only the marker's 3D position re-fitted."""
+    n_m = obs.n_markers
+    a = np.einsum("nri,nrj->nij", jp, jp)
+    hpp = np.zeros((n_m, 3, 3))
+    np.add.at(hpp, obs.marker_index, a)
+    hpp_inv = np.linalg.pinv(hpp)
+    h = np.einsum("nri,nij,nsj->nrs", jp, hpp_inv[obs.marker_index], jp)
+    return _solve2(np.eye(2)[None] - h, r)
