@@ -127,10 +127,10 @@ class Series:
         """Masks ``(strong, weak, empty)`` of views, shape (n_views,) each.
 
         Strong views have at least :data:`MIN_MARKERS_PER_VIEW` markers and
-        get all their parameters solved; weak views (1-2 markers) get only
-        their shifts solved, with tilt, rotation and scale tied to the
-        neighbouring strong views; empty views (no markers, or excluded)
-        are interpolated entirely.
+        get all their parameters solved; weak views (1-2 markers) get their
+        shifts (and, with 2 markers, their rotation) solved, with tilt and
+        scale tied to the neighbouring strong views; empty views (no
+        markers, or excluded) are interpolated entirely.
         """
         n = self.markers_per_view()
         strong = n >= MIN_MARKERS_PER_VIEW
@@ -338,7 +338,8 @@ def stage_layout(stage, series, state, options):
     point_free = np.zeros((n_m, 3), dtype=bool)
     shared = []
     if options.rotation == "per_view":
-        view_free[strong, ROT] = True
+        # two markers (4 coordinates) also determine a rotation besides the shifts
+        view_free[strong | (series.markers_per_view() == 2), ROT] = True
     elif options.rotation == "single":
         view_free[has_obs, ROT] = True
         shared.append(ROT)
@@ -378,10 +379,12 @@ def stage_layout(stage, series, state, options):
 
 
 def tie_weak_views(series, views):
-    """Set tilt, rotation and scale of weak and empty views from their neighbours,
-    and the shifts of empty views.  Returns a copy."""
+    """Set tilt and scale of weak and empty views from their neighbours, the
+    rotation of views with fewer than 2 markers, and the shifts of empty
+    views.  Returns a copy."""
     strong, weak, empty = series.view_classes()
-    views = interpolate_views(views, series.nominal_tilt_deg, strong, (TILT, ROT, SCALE))
+    views = interpolate_views(views, series.nominal_tilt_deg, strong, (TILT, SCALE))
+    views = interpolate_views(views, series.nominal_tilt_deg, series.markers_per_view() >= 2, (ROT,))
     return interpolate_views(views, series.nominal_tilt_deg, ~empty, (DX, DY))
 
 

@@ -131,7 +131,7 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
         "pixel_size_angstrom": prepared.pixel_size_angstrom,
         "dropped_markers": prepared.dropped_markers,
         "weak_views": prepared.weak_views,
-        "weak_view_handling": "shifts solved; tilt, rotation and scale tied to neighbouring views (interpolated over tilt)",
+        "weak_view_handling": "shifts (and with 2 markers the rotation) solved; tilt and scale tied to the neighbouring views (interpolated over tilt)",
         "empty_views": prepared.empty_views,
         "excluded_views": prepared.excluded_views,
         "empty_view_handling": "all parameters interpolated over tilt from neighbouring views",

@@ -215,8 +215,8 @@ def prepare(spec: SeriesSpec) -> Prepared:
     weak = [int(v) for v in np.flatnonzero((per_view > 0) & ~strong)]
     empty = [int(v) for v in np.flatnonzero((per_view == 0) & ~excluded)]
     for v in weak:
-        log.warning("view %d has %d marker(s) (< %d): its shifts are solved, its tilt, rotation and scale are "
-                    "tied to the neighbouring views", v, per_view[v], MIN_MARKERS_PER_VIEW)
+        log.warning("view %d has %d marker(s) (< %d): its shifts (and with 2 markers its rotation) are solved, "
+                    "its tilt and scale are tied to the neighbouring views", v, per_view[v], MIN_MARKERS_PER_VIEW)
     for v in empty:
         log.warning("view %d has no markers: all its parameters are interpolated from the neighbouring views", v)
     return Prepared(

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real-data folder and small simulated series."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiltflow import align, simulate
+from tiltflow.solver import Observations
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("TILTFLOW_REALDATA", REPO.parent / "shared" / "realdata"))
+
+
+def realdata(*parts):
+    """Path under ../shared/realdata, or skip the test when it is absent (a user's fresh clone)."""
+    p = REALDATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real data not available: {p}")
+    return p
+
+
+def series_from_sim(sim, weight=None, tilt_axis_deg=None):
+    """A :class:`tiltflow.align.Series` built straight from a simulation."""
+    n = len(sim.marker)
+    n_m = int(sim.points_xyz_px.shape[0])
+    n_v = len(sim.nominal_tilt_deg)
+    obs = Observations(
+        sim.marker, sim.view, sim.xy_px, np.ones(n) if weight is None else weight, n_m, n_v, sim.centre_xy_px
+    )
+    return align.Series(
+        obs, np.arange(1, n_m + 1).astype(str), sim.nominal_tilt_deg,
+        sim.tilt_axis_deg if tilt_axis_deg is None else tilt_axis_deg,
+        sim.width, sim.height, np.zeros(n_v, dtype=bool),
+    )
+
+
+@pytest.fixture(scope="session")
+def small_sim():
+    spec = simulate.SimulationSpec(
+        n_views=41, tilt_min_deg=-60, tilt_max_deg=60, n_markers=14, n_full_tracks=5,
+        width=1024, height=1024, noise_px=0.4, mag_drift=0.01, tilt_jitter_deg=0.15, seed=11,
+    )
+    return simulate.simulate(spec)

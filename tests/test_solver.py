@@ -1,0 +1,100 @@
+"""The L-M bundle solver: exact recovery, Schur choices, compiled vs numpy, input checks."""
+
+import numpy as np
+import pytest
+from conftest import series_from_sim
+
+from tiltflow import align, projection, simulate
+from tiltflow.solver import Layout, LMOptions, Observations, solve_bundle
+from tiltflow.solver._bundle import BundleProblem
+
+
+def noise_free(seed=5, **kw):
+    spec = simulate.SimulationSpec(n_views=31, n_markers=10, n_full_tracks=4, noise_px=0.0, seed=seed, **kw)
+    return simulate.simulate(spec)
+
+
+def test_recovers_noise_free_truth_exactly():
+    """From a perturbed start, all-free polish returns the truth up to the gauge (predictions exact)."""
+    sim = noise_free(mag_drift=0.02, tilt_jitter_deg=0.3)
+    series = series_from_sim(sim)
+    options = align.AlignOptions()
+    state = align.align(series, options)
+    assert state.stages[-1].rms < 1e-6
+    pred = projection.project(state.points_xyz_px, state.views, sim.marker, sim.view, sim.centre_xy_px)
+    np.testing.assert_allclose(pred, sim.xy_px, atol=1e-5)
+    # rotations are gauge-free: they must match the truth
+    np.testing.assert_allclose(state.views[:, 1], sim.views[:, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("rotation,tilt", [("per_view", "per_view"), ("single", "offset"), ("fixed", "fixed")])
+def test_schur_choices_and_numpy_path_agree(small_sim, rotation, tilt):
+    """Eliminating points or views, compiled or numpy: the same normal equations and the same solution."""
+    series = series_from_sim(small_sim)
+    options = align.AlignOptions(rotation=rotation, tilt=tilt)
+    state = align.initial_state(series, options)
+    obs = series.obs.with_weight(np.random.default_rng(0).uniform(0.3, 1.0, len(series.obs.weight)))
+    layout = align.stage_layout("polish", series, state, options)
+    x = (state.views, state.points_xyz_px)
+    ref = None
+    sols = []
+    for eliminate in ("points", "views"):
+        for compiled in (True, False):
+            cost, ne = BundleProblem(obs, layout, eliminate, compiled).linearize(x)
+            g = ne.gradient()
+            step = ne.solve(1e-3, *ne.diagonal())
+            if ref is None:
+                ref = (cost, g, step)
+            np.testing.assert_allclose(cost, ref[0], rtol=1e-12)
+            np.testing.assert_allclose(g, ref[1], rtol=1e-9, atol=1e-9 * np.abs(ref[1]).max())
+            np.testing.assert_allclose(step, ref[2], rtol=1e-6, atol=1e-9 * np.abs(ref[2]).max())
+            sol = solve_bundle(obs, *x, layout, eliminate=eliminate, compiled=compiled)
+            assert sol.eliminated == eliminate
+            sols.append(sol)
+    for sol in sols[1:]:
+        assert sol.report.cost == pytest.approx(sols[0].report.cost, rel=1e-9)
+
+
+def test_auto_picks_the_smaller_dense_system(small_sim):
+    series = series_from_sim(small_sim)
+    options = align.AlignOptions()
+    state = align.initial_state(series, options)
+    layout = align.stage_layout("polish", series, state, options)
+    st = BundleProblem(series.obs, layout).structure
+    # 14 markers x 3 = 42 kept point parameters < ~200 view parameters
+    assert st.eliminate == "views" and st.n_kept == 3 * 14 - 3
+    layout = align.stage_layout("tilt", series, state, options)  # points held: only views
+    assert BundleProblem(series.obs, layout).structure.n_kept == 0
+
+
+def test_termination_reports_like_scipy(small_sim):
+    series = series_from_sim(small_sim)
+    options = align.AlignOptions()
+    state = align.align(series, options)
+    layout = align.stage_layout("polish", series, state, options)
+    sol = solve_bundle(series.obs, state.views, state.points_xyz_px, layout)
+    assert sol.report.success and sol.report.status in (1, 2, 3, 4)
+    assert sol.report.iterations <= 2
+    perturbed = state.views + [0.0, 0.01, 0.0, 5.0, 0.0]
+    short = solve_bundle(series.obs, perturbed, state.points_xyz_px, layout, LMOptions(max_iterations=1))
+    assert short.report.status == 0 and "maximum number of iterations" in short.report.message
+
+
+def test_input_checks():
+    obs_ok = dict(marker_index=np.array([0, 1]), view_index=np.array([0, 0]), xy_px=np.zeros((2, 2)),
+                  weight=np.ones(2), n_markers=2, n_views=1, centre_xy_px=(0, 0))
+    Observations(**obs_ok)
+    with pytest.raises(ValueError, match="xy_px must have shape"):
+        Observations(**{**obs_ok, "xy_px": np.zeros((3, 2))})
+    with pytest.raises(ValueError, match="marker_index must lie in"):
+        Observations(**{**obs_ok, "marker_index": np.array([0, 5])})
+    with pytest.raises(ValueError, match="NaN"):
+        Observations(**{**obs_ok, "xy_px": np.array([[0, np.nan], [0, 0]])})
+    obs = Observations(**obs_ok)
+    layout = Layout.from_masks(np.ones((1, 5), bool), np.ones((2, 3), bool))
+    with pytest.raises(ValueError, match="views must have shape"):
+        solve_bundle(obs, np.zeros((2, 5)), np.zeros((2, 3)), layout)
+    with pytest.raises(ValueError, match="max_iterations"):
+        LMOptions(max_iterations=0)
+    with pytest.raises(ValueError, match="rotation must be one of"):
+        align.AlignOptions(rotation="sometimes")
