@@ -10,6 +10,8 @@ rule import_markers:
         row=sheet_row,
     log:
         "logs/{series}/import_markers.log",
+    conda:
+        "../envs/tiltflow.yaml"
     script:
         "../scripts/import_markers.py"
 
@@ -24,6 +26,8 @@ rule align_coarse:
         options=stage_params("coarse", config),
     log:
         "logs/{series}/align_coarse.log",
+    conda:
+        "../envs/tiltflow.yaml"
     script:
         "../scripts/align_coarse.py"
 
@@ -39,6 +43,8 @@ rule align_initial:
         options=stage_params("initial", config),
     log:
         "logs/{series}/align_initial.log",
+    conda:
+        "../envs/tiltflow.yaml"
     benchmark:
         "benchmarks/{series}/align_initial.tsv"
     script:
@@ -56,6 +62,8 @@ use rule align_initial as align_main with:
         options=stage_params("main", config),
     log:
         "logs/{series}/align_main.log",
+    conda:
+        "../envs/tiltflow.yaml"
     benchmark:
         "benchmarks/{series}/align_main.tsv"
 
@@ -71,6 +79,8 @@ use rule align_initial as align_tilt with:
         options=stage_params("tilt", config),
     log:
         "logs/{series}/align_tilt.log",
+    conda:
+        "../envs/tiltflow.yaml"
     benchmark:
         "benchmarks/{series}/align_tilt.tsv"
 
@@ -86,6 +96,8 @@ use rule align_initial as align_polish with:
         options=stage_params("polish", config),
     log:
         "logs/{series}/align_polish.log",
+    conda:
+        "../envs/tiltflow.yaml"
     benchmark:
         "benchmarks/{series}/align_polish.tsv"
 
@@ -104,5 +116,7 @@ rule write_alignment:
         options=stage_params("polish", config),
     log:
         "logs/{series}/write_alignment.log",
+    conda:
+        "../envs/tiltflow.yaml"
     script:
         "../scripts/write_alignment.py"

@@ -4,8 +4,11 @@ import re
 from snakemake.utils import validate
 
 from tiltflow.sheet import read_sheet
-from tiltflow.steps import stage_params
+from tiltflow.steps import import_package_from, stage_params
 
+
+# Jobs import the package of this checkout (the conda env holds only its dependencies).
+import_package_from(Path(workflow.basedir) / "src")
 
 validate(config, schema="../config/schemas/config.schema.yaml")
 

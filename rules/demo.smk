@@ -13,5 +13,7 @@ rule simulate_demo:
         demo="|".join(DEMO_SERIES),
     log:
         "logs/demo/{demo}.log",
+    conda:
+        "../envs/tiltflow.yaml"
     script:
         "../scripts/simulate_demo.py"

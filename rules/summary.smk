@@ -8,5 +8,7 @@ rule summarize:
         tsv="results/summary.tsv",
     log:
         "logs/summarize.log",
+    conda:
+        "../envs/tiltflow.yaml"
     script:
         "../scripts/summarize.py"

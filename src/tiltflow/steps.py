@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -178,6 +179,18 @@ def _jsonable(obj):
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+def import_package_from(src_dir):
+    """Make jobs started from this process import tiltflow from ``src_dir``.
+
+    The workflow calls this with its checkout's ``src`` so that rules run
+    the package that belongs to the Snakefile (also inside a conda
+    environment that holds only the dependencies).
+    """
+    current = os.environ.get("PYTHONPATH", "")
+    parts = [str(src_dir)] + [p for p in current.split(os.pathsep) if p and p != str(src_dir)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
 
 
 def run_logged(log_path, func, *args, **kwargs):

@@ -1,0 +1,150 @@
+"""The Snakemake workflow end to end: demo, any working directory, keep-going,
+reruns of only what changed, lint."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO
+
+from tiltflow import io, simulate
+
+SNAKEFILE = REPO / "Snakefile"
+
+
+def snakemake(workdir, *args, check=True):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--cores", "2", *args]
+    res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}")
+    return res
+
+
+def jobs_planned(workdir, *args):
+    """Rule -> job count of a dry run."""
+    res = snakemake(workdir, "-n", *args)
+    counts = {}
+    for line in (res.stdout + res.stderr).splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def small_series(folder, seed, n_views=31, n_markers=10):
+    spec = simulate.SimulationSpec(n_views=n_views, n_markers=n_markers, n_full_tracks=4, noise_px=0.3,
+                                   width=800, height=700, seed=seed)
+    sim = simulate.simulate(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    io.write_markers_csv(folder / "m.csv", sim.marker + 1, sim.view, sim.xy_px)
+    (folder / "t.rawtlt").write_text("".join(f"{t:.3f}\n" for t in sim.nominal_tilt_deg))
+    return sim
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Two good series, run from a working directory outside the repository."""
+    work = tmp_path_factory.mktemp("work")
+    data = work / "data"
+    small_series(data / "s1", 1)
+    small_series(data / "s2", 2)
+    (work / "sheet.tsv").write_text(
+        "series\tmarkers\ttilts\ttilt_axis_angle\twidth\theight\texclude_views\n"
+        "s1\tdata/s1/m.csv\tdata/s1/t.rawtlt\t-12.0\t800\t700\t\n"
+        "s2\tdata/s2/m.csv\tdata/s2/t.rawtlt\t-13.0\t800\t700\t30\n"
+    )
+    (work / "my.yaml").write_text(yaml.safe_dump({"tiltseries": "sheet.tsv"}))
+    snakemake(work, "--configfile", "my.yaml")
+    return work
+
+
+def test_outputs_follow_the_contract(project):
+    for name, n_views in (("s1", 31), ("s2", 31)):
+        out = project / "results" / name
+        for f in (f"{name}.xf", f"{name}.tlt", f"{name}.xyz", "fiducials.tsv", "summary.json", "coarse.xf"):
+            assert (out / f).is_file(), f
+        assert len(io.read_xf(out / f"{name}.xf")) == n_views
+        assert len(io.read_tilts(out / f"{name}.tlt")) == n_views
+        fid = pd.read_csv(out / "fiducials.tsv", sep="\t")
+        assert list(fid.columns) == ["marker", "view", "tilt", "x", "y", "x_fit", "y_fit", "resid_x", "resid_y", "weight"]
+        assert len(fid) == 10 * n_views and fid["x_fit"].notna().all()
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["n_views"] == n_views and summary["n_markers"] == 10
+        assert 0.2 < summary["mean_residual"] < 0.6 and summary["solve_seconds"] > 0
+        assert summary["leave_out_error"] > summary["mean_residual"]
+    s2 = json.loads((project / "results/s2/summary.json").read_text())
+    assert s2["excluded_views"] == [30]
+    fid2 = pd.read_csv(project / "results/s2/fiducials.tsv", sep="\t")
+    last = fid2[fid2["view"] == 30]
+    assert (last["weight"].dropna() == 0).all()  # excluded view: kept in the grid, not used
+    table = pd.read_csv(project / "results/summary.tsv", sep="\t")
+    assert table["series"].tolist() == ["s1", "s2"]
+    for col in ("rms", "mean_residual", "leave_out_error", "solve_seconds"):
+        assert col in table.columns
+
+
+def test_nothing_to_redo_then_only_what_is_missing(project):
+    assert jobs_planned(project, "--configfile", "my.yaml") == {}
+    (project / "results/s1/summary.json").unlink()
+    planned = jobs_planned(project, "--configfile", "my.yaml")
+    assert planned == {"write_alignment": 1, "summarize": 1, "all": 1}
+    snakemake(project, "--configfile", "my.yaml")
+
+
+def test_changing_a_science_parameter_reruns_only_affected_rules(project):
+    cfg = {"tiltseries": "sheet.tsv", "align": {"tilt": "offset"}}
+    (project / "other.yaml").write_text(yaml.safe_dump(cfg))
+    planned = jobs_planned(project, "--configfile", "other.yaml")
+    assert planned == {"align_tilt": 2, "align_polish": 2, "write_alignment": 2, "summarize": 1, "all": 1}
+
+
+def test_one_bad_series_does_not_stop_the_others(tmp_path):
+    small_series(tmp_path / "good", 3)
+    bad = tmp_path / "bad"
+    small_series(bad, 4)
+    lines = (bad / "m.csv").read_text().splitlines()
+    lines.insert(5, "3,99,100.0,100.0")  # view 99 does not exist
+    (bad / "m.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "sheet.tsv").write_text(
+        "series\tmarkers\ttilts\ttilt_axis_angle\twidth\theight\n"
+        "bad\tbad/m.csv\tbad/t.rawtlt\t-12.5\t800\t700\n"
+        "good\tgood/m.csv\tgood/t.rawtlt\t-12.5\t800\t700\n"
+    )
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"tiltseries": "sheet.tsv"}))
+    res = snakemake(tmp_path, "--configfile", "c.yaml", "--keep-going", check=False)
+    assert res.returncode != 0
+    assert (tmp_path / "results/good/summary.json").is_file()
+    assert not (tmp_path / "results/bad/summary.json").exists()
+    log = (tmp_path / "logs/bad/import_markers.log").read_text()
+    assert "bad/m.csv: line 6: view 99 is outside the tilt list" in log
+
+
+def test_bad_config_is_refused(project):
+    (project / "bad.yaml").write_text(yaml.safe_dump({"tiltseries": "sheet.tsv", "align": {"rotation": "often"}}))
+    res = snakemake(project, "--configfile", "bad.yaml", "-n", check=False)
+    assert res.returncode != 0 and "often" in res.stdout + res.stderr
+
+
+def test_lint_is_clean(project):
+    res = snakemake(project, "--configfile", "my.yaml", "--lint", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Lints for" not in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_from_the_default_config(tmp_path):
+    """What the README's first command does, in a scratch copy of the config."""
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "config").mkdir()
+    (work / "config" / "tiltseries.tsv").write_text((REPO / "config" / "tiltseries.tsv").read_text())
+    snakemake(work)
+    table = pd.read_csv(work / "results/summary.tsv", sep="\t")
+    assert sorted(table["series"]) == sorted(simulate.DEMO_SERIES)
+    assert (table["mean_residual"] < 1.0).all()
