@@ -1,0 +1,19 @@
+"""The benchmark scripts keep running (speed is reported by them, never asserted here)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_solver_benchmark_runs_and_matches_scipy(tmp_path):
+    out = tmp_path / "solver.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_solver.py"), "--repeats", "2",
+                    "--skip-scipy-large", "--out", str(out)], check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    paper = report["paper_107x30"]
+    # same accuracy as scipy's least_squares from the same start
+    assert paper["tiltflow_rms"] <= paper["scipy_rms"] * 1.001
