@@ -358,6 +358,7 @@ def stage_layout(stage, series, state, options):
     elif stage == "tilt":
         if options.scale == "per_view":
             view_free[strong, SCALE] = True
+            view_free[ref, SCALE] = False  # the reference view keeps scale 1 throughout
         if options.tilt == "per_view":
             view_free[strong, TILT] = True
         elif options.tilt == "offset":
@@ -456,6 +457,29 @@ def robust_weights(resid_xy_px, k=4.685):
     return w
 
 
+def _retie_weak_views(series, views, points, weight, layout, options):
+    """Re-tie weak views to their neighbours' new values and re-fit what they solve.
+
+    Weak views hold tilt and scale interpolated from their neighbours, which
+    the stage has just moved; their shifts (and the rotation of 2-marker
+    views) are re-fitted with everything else held.  Empty views are
+    interpolated entirely.
+    """
+    views = tie_weak_views(series, views)
+    _, weak, _ = series.view_classes()
+    if not weak.any():
+        return views
+    view_free = (layout.view_map >= 0) & weak[:, None]
+    view_free[:, [TILT, SCALE]] = False
+    if options.rotation != "per_view":
+        view_free[:, ROT] = False
+    if not view_free.any():
+        return views
+    sub = Layout.from_masks(view_free, np.zeros((series.obs.n_markers, 3), dtype=bool))
+    sol = solve_bundle(series.obs.with_weight(weight), views, points, sub, options.lm)
+    return sol.views
+
+
 def run_stage(stage, series, state, options):
     """Run one L-M stage from ``state``.
 
@@ -493,7 +517,7 @@ def run_stage(stage, series, state, options):
         if change < 1e-3:
             break
     views, points = recentre(series, views, points)
-    views = tie_weak_views(series, views)
+    views = _retie_weak_views(series, views, points, base_weight * weight, layout, options)
     seconds = time.perf_counter() - t0
     w_eff = base_weight * weight
     rms, mean = residual_stats(series, views, points, w_eff)
