@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import scipy.optimize
-import scipy.sparse
 
-from tiltflow import align, projection, simulate
-from tiltflow.solver import Observations, warm_up
+from tiltflow import align, simulate
+from tiltflow.solver import Observations, ScipyProblem, warm_up
 
 PROBLEMS = {
     "paper_107x30": simulate.DEMO_SERIES["demo_paper"],
@@ -61,43 +60,13 @@ def run_scipy(series):
     options = align.AlignOptions()
     start = align.initial_state(series, options)
     layout = align.stage_layout("polish", series, start, options)
-    obs = series.obs
-    vsel, psel = layout.view_map >= 0, layout.point_map >= 0
-
-    def unpack(x):
-        v, p = start.views.copy(), start.points_xyz_px.copy()
-        v[vsel] += x[layout.view_map[vsel]]
-        p[psel] += x[layout.point_map[psel]]
-        return v, p
-
-    def fun(x):
-        v, p = unpack(x)
-        return (projection.project(p, v, obs.marker_index, obs.view_index, obs.centre_xy_px) - obs.xy_px).ravel()
-
-    n_obs = len(obs.marker_index)
-    rows, cols = [], []
-    for c in range(5):
-        idx = layout.view_map[obs.view_index, c]
-        ok = idx >= 0
-        for r in (0, 1):
-            rows.append(2 * np.flatnonzero(ok) + r)
-            cols.append(idx[ok])
-    for c in range(3):
-        idx = layout.point_map[obs.marker_index, c]
-        ok = idx >= 0
-        for r in (0, 1):
-            rows.append(2 * np.flatnonzero(ok) + r)
-            cols.append(idx[ok])
-    pattern = scipy.sparse.coo_matrix(
-        (np.ones(sum(len(r) for r in rows)), (np.concatenate(rows), np.concatenate(cols))),
-        shape=(2 * n_obs, layout.n_params),
-    ).tocsr()
-    pattern.data[:] = 1
+    problem = ScipyProblem(series.obs, start.views, start.points_xyz_px, layout)
+    pattern = problem.sparsity()
     t0 = time.perf_counter()
-    res = scipy.optimize.least_squares(fun, np.zeros(layout.n_params), jac_sparsity=pattern, method="trf",
+    res = scipy.optimize.least_squares(problem.fun, problem.x0, jac_sparsity=pattern, method="trf",
                                        x_scale="jac", ftol=1e-10, xtol=1e-10, gtol=1e-10)
     seconds = time.perf_counter() - t0
-    v, p = unpack(res.x)
+    v, p = problem.unpack(res.x)
     return seconds, v, p, res
 
 

@@ -16,6 +16,7 @@ import scipy.optimize
 from conftest import series_from_sim
 
 from tiltflow import align, projection, simulate
+from tiltflow.solver import ScipyProblem
 
 CASES = {
     "partial_tracks": simulate.SimulationSpec(
@@ -58,36 +59,9 @@ def reference_fit(series, sim, options, ours):
     views[~strong, 2] = ours.views[~strong, 2]
     truth = align.AlignmentState(views, sim.points_xyz_px.copy(), np.ones(len(series.obs.weight)), ours.reference_view)
     layout = align.stage_layout("polish", series, truth, options)
-    vsel, psel = layout.view_map >= 0, layout.point_map >= 0
-    obs = series.obs
-
-    def unpack(x):
-        v, p = truth.views.copy(), truth.points_xyz_px.copy()
-        v[vsel] += x[layout.view_map[vsel]]
-        p[psel] += x[layout.point_map[psel]]
-        return v, p
-
-    def fun(x):
-        v, p = unpack(x)
-        return (projection.project(p, v, obs.marker_index, obs.view_index, obs.centre_xy_px) - obs.xy_px).ravel()
-
-    def jac(x):
-        v, p = unpack(x)
-        _, jv, jp = projection.project_with_jacobian(p, v, obs.marker_index, obs.view_index, obs.centre_xy_px)
-        out = np.zeros((len(obs.marker_index), 2, layout.n_params))
-        rows = np.arange(len(obs.marker_index))
-        for c in range(5):
-            idx = layout.view_map[obs.view_index, c]
-            ok = idx >= 0
-            out[rows[ok], :, idx[ok]] += jv[ok, :, c]
-        for c in range(3):
-            idx = layout.point_map[obs.marker_index, c]
-            ok = idx >= 0
-            out[rows[ok], :, idx[ok]] += jp[ok, :, c]
-        return out.reshape(-1, layout.n_params)
-
-    res = scipy.optimize.least_squares(fun, np.zeros(layout.n_params), jac=jac, method="lm", xtol=1e-12, ftol=1e-12)
-    return unpack(res.x)
+    problem = ScipyProblem(series.obs, truth.views, truth.points_xyz_px, layout)
+    res = scipy.optimize.least_squares(problem.fun, problem.x0, jac=problem.jac, method="lm", xtol=1e-12, ftol=1e-12)
+    return problem.unpack(res.x)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -5,6 +5,7 @@ Public API: :class:`Observations`, :class:`Layout`, :func:`solve_bundle`,
 """
 
 from ._bundle import BundleProblem, BundleSolution, Layout, Observations, solve_bundle, warm_up
+from ._reference import ScipyProblem
 from ._lm import TERMINATION_MESSAGES, LMOptions, LMReport, levenberg_marquardt
 from ._schur import SchurStructure
 
@@ -16,6 +17,7 @@ __all__ = [
     "LMReport",
     "Observations",
     "SchurStructure",
+    "ScipyProblem",
     "TERMINATION_MESSAGES",
     "levenberg_marquardt",
     "solve_bundle",

@@ -1,0 +1,72 @@
+"""The bundle problem for ``scipy.optimize.least_squares``: an independent
+reference solver for tests and benchmarks (same model, same layout)."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+
+from .. import projection
+
+
+class ScipyProblem:
+    """Residuals, Jacobian and sparsity pattern of a layout, for scipy.
+
+    Parameters
+    ----------
+    obs : Observations
+    views : ndarray, shape (n_views, 5)
+        Start values; held parameters keep them.
+    points_xyz_px : ndarray, shape (n_markers, 3)
+    layout : Layout
+
+    The unknown vector ``x`` holds increments from the start (``x0 = 0``).
+    """
+
+    def __init__(self, obs, views, points_xyz_px, layout):
+        self.obs, self.layout = obs, layout
+        self.views0, self.points0 = np.asarray(views, float), np.asarray(points_xyz_px, float)
+        self._vsel, self._psel = layout.view_map >= 0, layout.point_map >= 0
+        self.x0 = np.zeros(layout.n_params)
+        # (observation, Jacobian column) -> parameter index, -1 where held
+        self._cols = np.concatenate(
+            [layout.view_map[obs.view_index], layout.point_map[obs.marker_index]], axis=1
+        )
+
+    def unpack(self, x):
+        """``(views, points)`` at ``x``."""
+        v, p = self.views0.copy(), self.points0.copy()
+        v[self._vsel] += x[self.layout.view_map[self._vsel]]
+        p[self._psel] += x[self.layout.point_map[self._psel]]
+        return v, p
+
+    def fun(self, x):
+        """Residuals ``pred - obs``, flattened to (2 n_obs,)."""
+        v, p = self.unpack(x)
+        o = self.obs
+        return (projection.project(p, v, o.marker_index, o.view_index, o.centre_xy_px) - o.xy_px).ravel()
+
+    def jac(self, x):
+        """Dense analytic Jacobian, (2 n_obs, n_params)."""
+        v, p = self.unpack(x)
+        o = self.obs
+        _, jv, jp = projection.project_with_jacobian(p, v, o.marker_index, o.view_index, o.centre_xy_px)
+        block = np.concatenate([jv, jp], axis=2)  # (n, 2, 8)
+        out = np.zeros((len(o.marker_index), 2, self.layout.n_params))
+        rows = np.arange(len(o.marker_index))
+        for c in range(8):
+            ok = self._cols[:, c] >= 0
+            np.add.at(out, (rows[ok], slice(None), self._cols[ok, c]), block[ok, :, c])
+        return out.reshape(-1, self.layout.n_params)
+
+    def sparsity(self):
+        """Sparse 0/1 pattern of the Jacobian (for finite differences)."""
+        n = len(self.obs.marker_index)
+        obs_idx, col = np.nonzero(self._cols >= 0)
+        params = self._cols[obs_idx, col]
+        rows = np.concatenate([2 * obs_idx, 2 * obs_idx + 1])
+        cols = np.concatenate([params, params])
+        pattern = scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(2 * n, self.layout.n_params))
+        pattern = pattern.tocsr()
+        pattern.data[:] = 1.0
+        return pattern
