@@ -18,7 +18,7 @@ rule import_markers:
 
 rule align_coarse:
     input:
-        prepared="results/{series}/work/prepared.json",
+        unpack(coarse_inputs),
     output:
         state="results/{series}/stages/coarse.json",
         coarse_xf="results/{series}/coarse.xf",
@@ -26,6 +26,8 @@ rule align_coarse:
         options=stage_params("coarse", config),
     log:
         "logs/{series}/align_coarse.log",
+    benchmark:
+        "benchmarks/{series}/align_coarse.tsv"
     conda:
         "../envs/tiltflow.yaml"
     script:
@@ -106,6 +108,7 @@ rule write_alignment:
     input:
         prepared="results/{series}/work/prepared.json",
         state=final_stage,
+        coarse="results/{series}/stages/coarse.json",
     output:
         xf="results/{series}/{series}.xf",
         tlt="results/{series}/{series}.tlt",

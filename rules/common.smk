@@ -38,6 +38,15 @@ def series_files(wildcards):
     return files
 
 
+def coarse_inputs(wildcards):
+    """The prepared series, and its stack when the sheet gives one (coarse alignment from images)."""
+    files = {"prepared": f"results/{wildcards.series}/work/prepared.json"}
+    stack = sheet.loc[wildcards.series, "stack"]
+    if stack:
+        files["stack"] = stack
+    return files
+
+
 def final_stage(wildcards):
     """State file of the last alignment stage (polish, or tilt when polish is off)."""
     stage = "polish" if config["align"]["polish"] else "tilt"

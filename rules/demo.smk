@@ -1,5 +1,5 @@
 # Deterministic demo data (simulated marker observations with known truth).
-from tiltflow.simulate import DEMO_SERIES
+from tiltflow.simulate import DEMO_SERIES, DEMO_STACKS
 
 
 rule simulate_demo:
@@ -17,3 +17,16 @@ rule simulate_demo:
         "../envs/tiltflow.yaml"
     script:
         "../scripts/simulate_demo.py"
+
+
+rule simulate_demo_stack:
+    output:
+        stack="demo/{demo}/stack.mrc",
+    wildcard_constraints:
+        demo="|".join(DEMO_STACKS),
+    log:
+        "logs/demo/{demo}_stack.log",
+    conda:
+        "../envs/tiltflow.yaml"
+    script:
+        "../scripts/simulate_demo_stack.py"

@@ -9,4 +9,5 @@ steps.run_logged(
     dict(snakemake.params.options),
     snakemake.wildcards.series,
     dict(snakemake.output.items()),
+    snakemake.input.coarse,
 )

@@ -82,7 +82,7 @@ def test_stack_gives_size_and_must_match_tilts(tmp_path):
     with pytest.raises(InputError, match="the stack has 4 views but .*t.rawtlt lists 5 tilt angles"):
         prepare(SeriesSpec(**{**spec.__dict__, "stack": str(stack)}))
     (tmp_path / "junk.mrc").write_bytes(b"not an mrc file at all")
-    with pytest.raises(InputError, match="junk.mrc: not a readable MRC file"):
+    with pytest.raises(InputError, match="junk.mrc: not a readable MRC stack"):
         prepare(SeriesSpec(**{**spec.__dict__, "stack": str(tmp_path / "junk.mrc")}))
 
 

@@ -92,11 +92,12 @@ def fiducial_table(prepared: Prepared, views, points, weight):
     })
 
 
-def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions(), series_name=""):
+def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions(), series_name="", coarse=None):
     """Compute all per-series outputs from the final state.
 
     ``options`` says which parameters the model has (for the leave-out
-    error, which re-fits the full model without each observation).
+    error, which re-fits the full model without each observation);
+    ``coarse`` is the coarse stage's report (source, peaks, axis search).
     """
     s = prepared.series
     loo = leave_out(s, state, options)
@@ -138,4 +139,10 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
         "downweighted_observations": int(((state.weight > 0) & (state.weight < 0.5)).sum()),
         "status": state.stages[-1].message if state.stages else "",
     }
+    if coarse:
+        summary["coarse"] = coarse
+        search = coarse.get("axis_search")
+        if search:
+            summary["tilt_axis_image_deg"] = search["estimate_deg"]
+            summary["tilt_axis_image_uncertainty_deg"] = search["uncertainty_deg"]
     return SeriesResult(views, points, xf, tilt_deg, contour_ids(s.marker_ids), fid, summary)

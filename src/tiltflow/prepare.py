@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from .align import MIN_MARKERS_PER_VIEW, Series
 from .io import InputError, read_markers, read_tilts, read_xf
+from .io.mrc import Stack
 from .solver import Observations
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ class Prepared:
     excluded_views : list of int
     ignored_observations : int
         Points in excluded views.
+    stack : str or None
+        The MRC stack of the series, if any.
     """
 
     series: Series
@@ -88,23 +90,13 @@ class Prepared:
     empty_views: list
     excluded_views: list
     ignored_observations: int
+    stack: str | None = None
 
 
 def image_size_from_stack(path):
     """``(nx, ny, nz, pixel_size_angstrom)`` from an MRC header (no data read)."""
-    import mrcfile
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: stack not found")
-    try:
-        with mrcfile.open(p, mode="r", header_only=True, permissive=False) as mrc:
-            h = mrc.header
-            nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
-            px = float(mrc.voxel_size.x)
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{p}: not a readable MRC file ({exc})") from None
-    return nx, ny, nz, px
+    with Stack(path) as st:
+        return st.shape[1], st.shape[0], st.n_views, st.pixel_size_angstrom
 
 
 def prepare(spec: SeriesSpec) -> Prepared:
@@ -229,6 +221,7 @@ def prepare(spec: SeriesSpec) -> Prepared:
         empty_views=empty,
         excluded_views=[int(v) for v in np.flatnonzero(excluded)],
         ignored_observations=ignored,
+        stack=spec.stack,
     )
 
 

@@ -6,6 +6,7 @@ every rule can be run and tested without Snakemake.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import align, io, outputs, projection, simulate
+from . import align, io, outputs, simulate
+from .coarse import CoarseOptions, coarse_align, pair_order
+from .io.mrc import Stack, write_stack
 from .io.state import load_prepared, load_state, save_prepared, save_state
 from .prepare import prepare
 from .sheet import series_spec
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 #: Which config keys each stage depends on (Snakemake params: a change re-runs only these).
 STAGE_KEYS = {
-    "coarse": ("reference_view",),
+    "coarse": ("reference_view", "rotation", "coarse"),
     "initial": ("rotation", "reference_view", "max_iterations", "ftol"),
     "main": ("rotation", "scale", "max_iterations", "ftol", "robust"),
     "tilt": ("rotation", "scale", "tilt", "max_iterations", "ftol", "robust"),
@@ -37,6 +40,7 @@ def stage_params(stage, config):
     """The config values ``stage`` depends on, as a flat dict."""
     merged = dict(config.get("align", {}))
     merged["robust"] = bool(config.get("robust", False))
+    merged["coarse"] = dict(config.get("coarse", {}))
     return {k: merged.get(k) for k in STAGE_KEYS[stage]}
 
 
@@ -66,20 +70,79 @@ def import_markers(row, out_prepared):
     save_prepared(out_prepared, prepared)
 
 
+def coarse_options(params):
+    """:class:`CoarseOptions` from the ``coarse`` config section."""
+    c = dict(params.get("coarse") or {})
+    return CoarseOptions(**{k: v for k, v in c.items() if k in CoarseOptions.__dataclass_fields__})
+
+
 def align_coarse(prepared_path, params, out_state, out_coarse_xf):
-    """Rule ``align_coarse``: marker-based shifts and starting positions."""
+    """Rule ``align_coarse``: coarse shifts (images when there is a stack, else markers)
+    and the starting 3D positions.
+
+    With a stack, views are cross-correlated (:func:`tiltflow.coarse.coarse_align`),
+    pairs with weak peaks fall back on the markers, and the tilt-axis angle
+    is refined from the images; that estimate seeds the L-M stages when its
+    bootstrap uncertainty is below 1 degree (the markers decide the final
+    rotation).  ``coarse.xf`` maps raw views onto the reference view.
+    """
     prepared = load_prepared(prepared_path)
     options = align_options(params)
-    state = align.initial_state(prepared.series, options)
-    shifts = state.views[:, projection.DX:]
-    xf = np.zeros((len(shifts), 6))
-    xf[:, 0] = xf[:, 3] = 1.0
-    xf[:, 4:] = -shifts
+    series = prepared.series
+    ref = align.choose_reference_view(series, options.reference_view)
+    marker_shifts = align.coarse_shifts_from_markers(series, ref)
+    report = {"source": "markers"}
+    raw_shifts = marker_shifts
     if prepared.prexg is not None:
-        xf = projection.xf_product(prepared.prexg, xf)
+        # markers live in the prealigned frame: raw shift = prexg^-1 applied to the marker-frame shift
+        a = prepared.prexg[:, :4].reshape(-1, 2, 2)
+        raw_shifts = np.linalg.solve(a, (marker_shifts - prepared.prexg[:, 4:])[:, :, None])[:, :, 0]
+    start_axis = series.tilt_axis_deg
+    if prepared.stack:
+        with Stack(prepared.stack) as stack:
+            t0 = time.perf_counter()
+            usable = ~series.excluded
+            result = coarse_align(
+                stack, series.nominal_tilt_deg, series.tilt_axis_deg, ref, coarse_options(params), usable,
+                fallback_steps_px=_marker_steps(raw_shifts, series, ref, usable),
+            )
+            seconds = time.perf_counter() - t0
+        raw_shifts = result.shifts_px
+        report = {
+            "source": "images",
+            "seconds": seconds,
+            "binning": result.binning,
+            "peak": [None if not np.isfinite(p) else float(p) for p in result.peak],
+            "weak_views": result.weak_views,
+            "axis_search": result.axis_search,
+        }
+        if result.axis_search and result.axis_search["uncertainty_deg"] < 1.0:
+            start_axis = result.axis_search["estimate_deg"]
+        log.info("coarse from images: %.2f s, binning %d, weak views %s", seconds, result.binning, result.weak_views)
+    shifts = raw_shifts
+    if prepared.prexg is not None:  # marker-frame shifts = prexg applied to raw shifts
+        a = prepared.prexg[:, :4].reshape(-1, 2, 2)
+        shifts = np.einsum("nij,nj->ni", a, raw_shifts) + prepared.prexg[:, 4:]
+    state = align.initial_state(
+        dataclasses.replace(series, tilt_axis_deg=float(start_axis)), options, shifts_px=shifts
+    )
+    xf = np.zeros((series.n_views, 6))
+    xf[:, 0] = xf[:, 3] = 1.0
+    xf[:, 4:] = -(raw_shifts - raw_shifts[ref])
     io.write_xf(out_coarse_xf, xf)
-    save_state(out_state, state)
-    log.info("coarse: reference view %d, shifts up to %.1f px", state.reference_view, np.abs(shifts).max())
+    report["start_tilt_axis_deg"] = float(start_axis)
+    save_state(out_state, state, extra={"coarse": _jsonable(report)})
+    log.info("coarse: reference view %d, shifts up to %.1f px", state.reference_view, np.abs(xf[:, 4:]).max())
+
+
+def _marker_steps(raw_shifts, series, ref, usable):
+    """Marker-based shift steps of the coarse pairs (fallback for weak correlation peaks)."""
+    counts = series.markers_per_view()
+    steps = {}
+    for near, far in pair_order(series.nominal_tilt_deg, ref, usable):
+        if counts[near] and counts[far]:
+            steps[(near, far)] = raw_shifts[far] - raw_shifts[near]
+    return steps
 
 
 def align_stage(stage, prepared_path, state_path, params, out_state):
@@ -90,7 +153,7 @@ def align_stage(stage, prepared_path, state_path, params, out_state):
     save_state(out_state, new)
 
 
-def write_alignment(prepared_path, state_path, params, series_name, out):
+def write_alignment(prepared_path, state_path, params, series_name, out, coarse_path=None):
     """Rule ``write_alignment``: IMOD files, ``fiducials.tsv`` and ``summary.json``.
 
     Parameters
@@ -100,11 +163,17 @@ def write_alignment(prepared_path, state_path, params, series_name, out):
         parameters the model has, for the leave-out error.
     out : mapping
         Paths for ``xf``, ``tlt``, ``xyz``, ``fiducials`` and ``summary``.
+    coarse_path : str, optional
+        The coarse stage's state file, whose report goes into the summary.
     """
     prepared = load_prepared(prepared_path)
     state = load_state(state_path)
     t0 = time.perf_counter()
-    result = outputs.build_result(prepared, state, align_options(params), series_name)
+    coarse = None
+    if coarse_path:
+        with open(coarse_path, encoding="utf-8") as f:
+            coarse = json.load(f).get("coarse")
+    result = outputs.build_result(prepared, state, align_options(params), series_name, coarse)
     log.info("outputs computed in %.3f s", time.perf_counter() - t0)
     io.write_xf(out["xf"], result.xf)
     io.write_tlt(out["tlt"], result.tilt_deg)
@@ -167,6 +236,17 @@ def simulate_demo(name, out):
     with open(out["truth"], "w", encoding="utf-8") as f:
         json.dump(truth, f, indent=1)
     log.info("demo %s: %d observations of %d markers in %d views", name, len(sim.view), spec.n_markers, spec.n_views)
+
+
+def simulate_demo_stack(name, out_stack):
+    """Rule ``simulate_demo_stack``: render a demo series' views as an int16 MRC stack."""
+    if name not in simulate.DEMO_STACKS:
+        raise ValueError(f"demo stack must be one of {', '.join(simulate.DEMO_STACKS)}; got {name!r}")
+    spec = simulate.DEMO_SERIES[name]
+    sim = simulate.simulate(spec)
+    views = simulate.render_stack(sim, spec.thickness_px, simulate.DEMO_STACKS[name])
+    write_stack(out_stack, np.clip(np.round(views), -32768, 32767).astype(np.int16), pixel_size_angstrom=10.0)
+    log.info("demo stack %s: %d views of %d x %d", name, views.shape[0], spec.width, spec.height)
 
 
 def _jsonable(obj):

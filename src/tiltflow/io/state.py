@@ -35,6 +35,7 @@ def save_prepared(path, prepared: Prepared):
         "empty_views": prepared.empty_views,
         "excluded_views": prepared.excluded_views,
         "ignored_observations": prepared.ignored_observations,
+        "stack": prepared.stack,
     }
     with open(path, "w", encoding="utf-8") as f:
         json.dump(doc, f)
@@ -74,6 +75,7 @@ def load_prepared(path) -> Prepared:
         empty_views=doc["empty_views"],
         excluded_views=doc["excluded_views"],
         ignored_observations=int(doc["ignored_observations"]),
+        stack=doc.get("stack"),
     )
 
 
