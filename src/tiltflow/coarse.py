@@ -217,8 +217,8 @@ def xcorr_shift(fixed, moving, filt):
     norm = np.sqrt(_power(ff, fixed.shape) * _power(fm, fixed.shape))
     r, c = np.unravel_index(np.argmax(cc), cc.shape)
     peak = float(cc[r, c] / norm) if norm > 0 else 0.0
-    dr = _parabola(cc[(r - 1) % cc.shape[0], c], cc[r, c], cc[(r + 1) % cc.shape[0], c])
-    dc = _parabola(cc[r, (c - 1) % cc.shape[1]], cc[r, c], cc[r, (c + 1) % cc.shape[1]])
+    dr = _gauss3(cc[(r - 1) % cc.shape[0], c], cc[r, c], cc[(r + 1) % cc.shape[0], c])
+    dc = _gauss3(cc[r, (c - 1) % cc.shape[1]], cc[r, c], cc[r, (c + 1) % cc.shape[1]])
     ny, nx = cc.shape
     sy = r + dr
     sx = c + dc
@@ -236,6 +236,18 @@ def _power(f, shape):
     if shape[1] % 2 == 0:
         w[-1] = 1.0
     return float((np.abs(f) ** 2 * w).sum() / (shape[0] * shape[1]))
+
+
+def _gauss3(a, b, c):
+    """Sub-pixel peak offset from three samples: a Gaussian (log-parabola) fit,
+    which does not pull a correlation peak towards whole pixels the way a
+    plain parabola does; the parabola when a sample is not positive."""
+    if a > 0 and b > 0 and c > 0:
+        la, lb, lc = np.log(a), np.log(b), np.log(c)
+        den = la - 2 * lb + lc
+        if den < 0:
+            return float(np.clip(0.5 * (la - lc) / den, -0.5, 0.5))
+    return _parabola(a, b, c)
 
 
 def _parabola(a, b, c):
@@ -264,8 +276,50 @@ def pair_order(tilt_deg, reference_view, usable):
     return pairs
 
 
-def _chain(prepared, tilt_rad, axis_rad, pairs, binning, centre_xy, filt, n_views, reference_view):
-    """Accumulate shifts along ``pairs``; returns (shifts raw px, peaks)."""
+def measure_shift(fixed, moving_image, window, filt, moving=None):
+    """Shift ``s`` (x, y) with ``moving(p) ~ fixed(p - s)``, unbiased by the taper.
+
+    ``fixed`` is preprocessed (tapered with ``window``); ``moving_image`` is
+    the raw (binned) moving view.  The first estimate uses ``moving``
+    tapered with the same window; coinciding window edges pull that peak
+    towards zero, so the moving view is tapered again with the window moved
+    by the (rounded) estimate and correlated once more.
+
+    Returns
+    -------
+    shift : ndarray (2,)
+    peak : float
+        Normalised correlation at the peak.
+    """
+    if moving is None:
+        moving = preprocess(moving_image, window)
+    d, peak = xcorr_shift(fixed, moving, filt)
+    k = np.round(d).astype(int)
+    if k.any():
+        moved = preprocess(moving_image, _shifted(window, k))
+        d2, peak2 = xcorr_shift(fixed, moved, filt)
+        if np.all(np.abs(d2 - d) < 2.0):  # the same peak, refined
+            d, peak = d2, peak2
+    return d, peak
+
+
+def _shifted(window, k):
+    """``window`` moved by whole pixels ``k = (kx, ky)``, zero where it was not defined."""
+    out = np.zeros_like(window)
+    ny, nx = window.shape
+    kx, ky = int(np.clip(k[0], -nx, nx)), int(np.clip(k[1], -ny, ny))
+    src = window[max(0, -ky): ny - max(0, ky), max(0, -kx): nx - max(0, kx)]
+    out[max(0, ky): max(0, ky) + src.shape[0], max(0, kx): max(0, kx) + src.shape[1]] = src
+    return out
+
+
+def _chain(prepared, binned, window, tilt_rad, axis_rad, pairs, binning, centre_xy, filt, n_views, reference_view):
+    """Accumulate shifts along ``pairs``; returns (shifts raw px, peaks).
+
+    Each pair is correlated twice: the second time the far view is tapered
+    with the window moved by the first estimate, so that the two windows'
+    edges do not coincide (coinciding edges pull the peak towards zero).
+    """
     shifts = np.zeros((n_views, 2))
     peaks = np.full(n_views, np.nan)
     peaks[reference_view] = 1.0
@@ -274,7 +328,7 @@ def _chain(prepared, tilt_rad, axis_rad, pairs, binning, centre_xy, filt, n_view
         f = np.cos(tilt_rad[far]) / np.cos(tilt_rad[near])
         about = c_b + shifts[near] / binning
         s = stretch(prepared[near], f, axis_rad, about)
-        d, peak = xcorr_shift(s, prepared[far], filt)
+        d, peak = measure_shift(s, binned[far], window, filt, prepared[far])
         shifts[far] = shifts[near] + d * binning
         peaks[far] = peak
     return shifts, peaks
@@ -326,13 +380,14 @@ def coarse_align(views, tilt_deg, tilt_axis_deg, reference_view, options=CoarseO
     tilt_rad = np.deg2rad(tilt_deg)
     pairs = pair_order(tilt_deg, reference_view, usable)
     axis = float(tilt_axis_deg)
-    shifts, peaks = _chain(prepared, tilt_rad, np.deg2rad(axis), pairs, binning, centre, filt, n, reference_view)
+    args = (prepared, binned, window, tilt_rad)
+    shifts, peaks = _chain(*args, np.deg2rad(axis), pairs, binning, centre, filt, n, reference_view)
     search = None
     if options.axis_search and len(pairs) >= 4:
         search = search_tilt_axis(binned, tilt_rad, axis, reference_view, shifts / binning, options)
         del binned
         axis = search["estimate_deg"]
-        shifts, peaks = _chain(prepared, tilt_rad, np.deg2rad(axis), pairs, binning, centre, filt, n, reference_view)
+        shifts, peaks = _chain(*args, np.deg2rad(axis), pairs, binning, centre, filt, n, reference_view)
     finite = peaks[np.isfinite(peaks) & (np.arange(n) != reference_view)]
     median = float(np.median(finite)) if len(finite) else 1.0
     weak = [far for near, far in pairs if peaks[far] < options.weak_peak_ratio * median]

@@ -105,11 +105,14 @@ class Stack:
 
 
 def write_stack(path, data, pixel_size_angstrom=1.0):
-    """Write ``data (n_views, ny, nx)`` as an MRC stack (float32 or as given)."""
+    """Write ``data (n_views, ny, nx)`` as an MRC stack (float64 is stored as float32)."""
     import mrcfile
 
+    data = np.asarray(data)
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
     with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(np.asarray(data))
+        mrc.set_data(data)
         mrc.voxel_size = pixel_size_angstrom
         mrc.header.ispg = 0
         mrc.update_header_stats()
