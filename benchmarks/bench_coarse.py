@@ -27,19 +27,6 @@ from tiltflow import coarse, simulate
 from tiltflow.io.mrc import Stack, write_stack
 
 
-def shift_error_px(shifts, sim, axis_deg, ref):
-    """RMS shift error after removing offset, x0 cos(tilt) and z0 sin(tilt) across the axis."""
-    err = shifts - (sim.views[:, 3:] - sim.views[ref, 3:])
-    a = np.deg2rad(axis_deg)
-    across = err @ np.array([np.cos(a), np.sin(a)])
-    along = err @ np.array([-np.sin(a), np.cos(a)])
-    th = sim.views[:, 0]
-    basis = np.column_stack([np.ones_like(th), np.cos(th), np.sin(th)])
-    across = across - basis @ np.linalg.lstsq(basis, across, rcond=None)[0]
-    along = along - along.mean()
-    return float(np.sqrt(np.mean(across**2 + along**2)))
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=1024)
@@ -68,7 +55,8 @@ def main():
     report = {
         "views": spec.n_views, "size": n, "binning": res.binning,
         "seconds_median": statistics.median(times), "seconds_all": times,
-        "shift_error_px": shift_error_px(res.shifts_px, sim, spec.tilt_axis_deg, ref),
+        "shift_error_px": coarse.shift_error_px(res.shifts_px, sim.views[:, 3:] - sim.views[ref, 3:],
+                                                sim.views[:, 0], spec.tilt_axis_deg),
         "tilt_axis_true_deg": spec.tilt_axis_deg, "tilt_axis_start_deg": spec.tilt_axis_deg + 5.0,
         "tilt_axis_estimate_deg": res.tilt_axis_deg,
         "tilt_axis_uncertainty_deg": res.axis_search["uncertainty_deg"] if res.axis_search else None,

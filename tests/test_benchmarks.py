@@ -17,3 +17,13 @@ def test_solver_benchmark_runs_and_matches_scipy(tmp_path):
     paper = report["paper_107x30"]
     # same accuracy as scipy's least_squares from the same start
     assert paper["tiltflow_rms"] <= paper["scipy_rms"] * 1.001
+
+
+@pytest.mark.slow
+def test_coarse_benchmark_runs(tmp_path):
+    out = tmp_path / "coarse.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_coarse.py"), "--size", "384", "--repeats", "1",
+                    "--out", str(out)], check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["shift_error_px"] <= 1.0
+    assert abs(report["tilt_axis_estimate_deg"] - report["tilt_axis_true_deg"]) <= 1.0

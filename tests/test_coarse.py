@@ -45,18 +45,6 @@ def test_stretch_acts_perpendicular_to_the_axis_about_the_given_point():
     np.testing.assert_allclose(centre, a + (np.eye(2) + (f - 1) * np.outer(n, n)) @ (p - a), atol=0.05)
 
 
-def shift_error(shifts, sim, axis_deg, ref):
-    """RMS error after removing a common offset and x0 cos, z0 sin terms across the axis."""
-    err = shifts - (sim.views[:, 3:] - sim.views[ref, 3:])
-    a = np.deg2rad(axis_deg)
-    across = err @ np.array([np.cos(a), np.sin(a)])
-    along = err @ np.array([-np.sin(a), np.cos(a)])
-    th = sim.views[:, 0]
-    basis = np.column_stack([np.ones_like(th), np.cos(th), np.sin(th)])
-    across -= basis @ np.linalg.lstsq(basis, across, rcond=None)[0]
-    return float(np.sqrt(np.mean(across**2 + (along - along.mean()) ** 2)))
-
-
 @pytest.mark.parametrize("axis_deg", [84.0, -6.0])
 def test_simulated_stack_shifts_and_tilt_axis(axis_deg):
     """384 x 384, 61 views +-60, random-walk drift up to +-120 px, noisy (200 counts/px),
@@ -67,7 +55,7 @@ def test_simulated_stack_shifts_and_tilt_axis(axis_deg):
     stack = simulate.render_stack(sim, 60.0, simulate.RenderSpec(n_blobs=1500, dose=200.0, seed=7))
     ref = 30
     res = coarse.coarse_align(stack, sim.nominal_tilt_deg, axis_deg + 5.0, ref)
-    err = shift_error(res.shifts_px, sim, axis_deg, ref)
+    err = coarse.shift_error_px(res.shifts_px, sim.views[:, 3:] - sim.views[ref, 3:], sim.views[:, 0], axis_deg)
     true_axis = np.rad2deg(sim.views[:, 1]).mean()
     print(f"axis {axis_deg}: shift error {err:.3f} px RMS, axis estimate {res.tilt_axis_deg:.2f} "
           f"(truth {true_axis:.2f}, +- {res.axis_search['uncertainty_deg']:.2f})")
