@@ -17,6 +17,7 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/align.smk"
+include: "rules/reconstruct.smk"
 include: "rules/summary.smk"
 
 

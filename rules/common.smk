@@ -47,6 +47,11 @@ def coarse_inputs(wildcards):
     return files
 
 
+def series_stack(wildcards):
+    """The stack of a series (only series with one get a tomogram)."""
+    return sheet.loc[wildcards.series, "stack"]
+
+
 def final_stage(wildcards):
     """State file of the last alignment stage (polish, or tilt when polish is off)."""
     stage = "polish" if config["align"]["polish"] else "tilt"
@@ -63,4 +68,5 @@ def all_outputs():
         "coarse.xf",
     ]
     files = [f"results/{s}/{f.format(series=s)}" for s in SERIES for f in per_series]
+    files += [f"results/{s}/tomogram.{ext}" for s in SERIES if sheet.loc[s, "stack"] for ext in ("mrc", "json")]
     return files + ["results/summary.tsv"]

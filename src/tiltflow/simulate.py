@@ -182,6 +182,59 @@ class RenderSpec:
     seed: int = 0
 
 
+def specimen(sim: SimulatedSeries, thickness_px, spec: RenderSpec = RenderSpec()):
+    """The Gaussian blobs of a rendered series: specimen blobs, then one bead per marker.
+
+    Returns
+    -------
+    centres_xyz_px : ndarray (n, 3)
+    sigma_px : ndarray (n,)
+    density : ndarray (n,)
+        Projected density (integral along a line through the centre).
+    """
+    rng = np.random.default_rng(spec.seed)
+    half = 0.75 * np.hypot(sim.width, sim.height)
+    blobs = np.column_stack([
+        rng.uniform(-half, half, (spec.n_blobs, 2)),
+        rng.uniform(-thickness_px / 2, thickness_px / 2, spec.n_blobs),
+    ])
+    sig = np.concatenate([rng.uniform(*spec.blob_sigma_px, spec.n_blobs),
+                          np.full(len(sim.points_xyz_px), spec.bead_sigma_px)])
+    amp = np.concatenate([rng.exponential(spec.blob_density, spec.n_blobs),
+                          np.full(len(sim.points_xyz_px), spec.bead_density)])
+    return np.concatenate([blobs, sim.points_xyz_px]), sig, amp
+
+
+def render_volume(centres_xyz_px, sigma_px, density, grid, shape):
+    """The 3D density of Gaussian blobs sampled at voxel centres.
+
+    Parameters
+    ----------
+    centres_xyz_px, sigma_px, density : from :func:`specimen`
+    grid : ndarray (3, 4)
+        Voxel index ``(ix, iy, iz, 1)`` -> ``(x, y, z)`` pixels (axis-aligned).
+    shape : (nz, ny, nx)
+
+    Returns
+    -------
+    ndarray (nz, ny, nx), float32
+        Density per pixel^3 (a blob's line integral through its centre is ``density``).
+    """
+    nz, ny, nx = shape
+    axes = [grid[0, 3] + grid[0, 0] * np.arange(nx), grid[1, 3] + grid[1, 1] * np.arange(ny),
+            grid[2, 3] + grid[2, 2] * np.arange(nz)]
+    vol = np.zeros(shape, dtype=np.float64)
+    for (x, y, z), s, a in zip(centres_xyz_px, sigma_px, density):
+        g = [np.exp(-((ax - c) ** 2) / (2 * s * s)) for ax, c in zip(axes, (x, y, z))]
+        sel = [np.flatnonzero(gi > 1e-4) for gi in g]
+        if any(len(si) == 0 for si in sel):
+            continue
+        peak = a / (np.sqrt(2 * np.pi) * s)
+        block = peak * g[2][sel[2]][:, None, None] * g[1][sel[1]][None, :, None] * g[0][sel[0]][None, None, :]
+        vol[np.ix_(sel[2], sel[1], sel[0])] += block
+    return vol.astype(np.float32)
+
+
 def render_stack(sim: SimulatedSeries, thickness_px, spec: RenderSpec = RenderSpec()):
     """Render the views of a simulated series with its true geometry.
 
@@ -196,17 +249,8 @@ def render_stack(sim: SimulatedSeries, thickness_px, spec: RenderSpec = RenderSp
     ndarray, shape (n_views, height, width), float32
         Intensities (counts): ``dose * exp(-projected density)`` + noise.
     """
-    rng = np.random.default_rng(spec.seed)
-    half = 0.75 * np.hypot(sim.width, sim.height)
-    blobs = np.column_stack([
-        rng.uniform(-half, half, (spec.n_blobs, 2)),
-        rng.uniform(-thickness_px / 2, thickness_px / 2, spec.n_blobs),
-    ])
-    sig = np.concatenate([rng.uniform(*spec.blob_sigma_px, spec.n_blobs),
-                          np.full(len(sim.points_xyz_px), spec.bead_sigma_px)])
-    amp = np.concatenate([rng.exponential(spec.blob_density, spec.n_blobs),
-                          np.full(len(sim.points_xyz_px), spec.bead_density)])
-    pts = np.concatenate([blobs, sim.points_xyz_px])
+    pts, sig, amp = specimen(sim, thickness_px, spec)
+    rng = np.random.default_rng(spec.seed + 1)
     n_v = sim.views.shape[0]
     xs = np.arange(sim.width) + 0.5
     ys = np.arange(sim.height) + 0.5

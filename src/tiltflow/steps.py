@@ -21,6 +21,7 @@ from .coarse import CoarseOptions, coarse_align, pair_order
 from .io.mrc import Stack, write_stack
 from .io.state import load_prepared, load_state, save_prepared, save_state
 from .prepare import prepare
+from .reconstruct import ReconOptions, reconstruct, volume_shape
 from .sheet import series_spec
 from .solver import LMOptions
 
@@ -247,6 +248,60 @@ def simulate_demo_stack(name, out_stack):
     views = simulate.render_stack(sim, spec.thickness_px, simulate.DEMO_STACKS[name])
     write_stack(out_stack, np.clip(np.round(views), -32768, 32767).astype(np.int16), pixel_size_angstrom=10.0)
     log.info("demo stack %s: %d views of %d x %d", name, views.shape[0], spec.width, spec.height)
+
+
+def recon_options(config):
+    """:class:`ReconOptions` from the ``reconstruct`` config section."""
+    r = dict(config.get("reconstruct") or {})
+    return ReconOptions(
+        thickness_px=int(r.get("thickness", 300)),
+        binning=int(r.get("binning", 1)),
+        z_offset_px=float(r.get("z_offset", 0.0)),
+        lowpass_cutoff=float(r.get("lowpass_cutoff", 0.35)),
+        lowpass_sigma=float(r.get("lowpass_sigma", 0.035)),
+        sirt_iterations=int(r.get("sirt_iterations", 0)),
+        slab_rows=int(r.get("slab_rows", 64)),
+        dtype=str(r.get("dtype", "float32")),
+    )
+
+
+def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_json, threads=1):
+    """Rule ``reconstruct_tomogram``: weighted back-projection from the raw stack.
+
+    Reads the series' ``.xf`` and ``.tlt`` (the same files IMOD would use),
+    writes ``tomogram.mrc`` (``data[z, y, x]``, voxel size in the header)
+    slab by slab through a memory map, and ``tomogram.json``.
+    """
+    import mrcfile
+    import numba
+
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    prepared = load_prepared(prepared_path)
+    if not prepared.stack:
+        raise ValueError(f"{prepared_path}: the series has no stack to reconstruct")
+    options = recon_options(params)
+    n = prepared.series.n_views
+    xf = io.read_xf(xf_path, n)
+    tilts = io.read_tilts(tlt_path)
+    with Stack(prepared.stack) as stack:
+        shape = volume_shape(stack.shape, options)
+        mrc = mrcfile.new_mmap(out_mrc, shape=shape, mrc_mode=2 if options.dtype == "float32" else 12, overwrite=True)
+        try:
+            mrc.voxel_size = prepared.pixel_size_angstrom * options.binning
+
+            def write(y0, block):
+                mrc.data[:, y0:y0 + block.shape[1], :] = block
+
+            _, stats = reconstruct(stack, xf, tilts, options, ~prepared.series.excluded, write_slab=write)
+            mrc.update_header_stats()
+        finally:
+            mrc.close()
+    stats.update({"shape_zyx": list(shape), "voxel_size_angstrom": prepared.pixel_size_angstrom * options.binning,
+                  "binning": options.binning, "thickness_px": options.thickness_px,
+                  "updates_per_second": stats["voxels"] * stats["views"] / max(stats["seconds"], 1e-9),
+                  "threads": int(threads)})
+    with open(out_json, "w", encoding="utf-8") as f:
+        json.dump(_jsonable(stats), f, indent=1)
 
 
 def _jsonable(obj):

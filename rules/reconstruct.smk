@@ -1,0 +1,25 @@
+# Weighted back-projection of series that have a stack.
+
+
+rule reconstruct_tomogram:
+    input:
+        prepared="results/{series}/work/prepared.json",
+        stack=series_stack,
+        xf="results/{series}/{series}.xf",
+        tlt="results/{series}/{series}.tlt",
+    output:
+        tomogram="results/{series}/tomogram.mrc",
+        stats="results/{series}/tomogram.json",
+    params:
+        options={"reconstruct": config.get("reconstruct", {})},
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+    log:
+        "logs/{series}/reconstruct_tomogram.log",
+    benchmark:
+        "benchmarks/{series}/reconstruct_tomogram.tsv"
+    conda:
+        "../envs/tiltflow.yaml"
+    script:
+        "../scripts/reconstruct_tomogram.py"

@@ -1,0 +1,14 @@
+"""Rule reconstruct_tomogram: weighted back-projection from the raw stack."""
+from tiltflow import steps
+
+steps.run_logged(
+    snakemake.log[0],
+    steps.reconstruct_tomogram,
+    snakemake.input.prepared,
+    snakemake.input.xf,
+    snakemake.input.tlt,
+    dict(snakemake.params.options),
+    snakemake.output.tomogram,
+    snakemake.output.stats,
+    snakemake.threads,
+)

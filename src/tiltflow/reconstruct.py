@@ -1,0 +1,280 @@
+"""Weighted back-projection from the raw stack, one interpolation per voxel and view.
+
+Each raw view is (optionally) binned by averaging, its mean removed, its
+edges tapered to zero (no streaks from view borders), zero-padded and
+filtered in 2D Fourier space with a ramp along the direction perpendicular
+to the tilt axis *in that raw view* (no resampling), times a radial
+low-pass (IMOD's RADIAL cut-off and fall-off) and, optionally, the filter
+that makes one back-projection behave like ``n`` SIRT/Landweber
+iterations.  Every voxel then samples every filtered view once, at the
+position the alignment (``.xf`` and ``.tlt``) projects it to: the view's
+transform, the tilt and the binning are composed into one 2x4 matrix per
+view.  The volume is built in slabs along y, so memory is a few slabs
+plus the filtered views.
+
+Frames: a voxel at ``(x, y, z)`` (unbinned pixels, origin on the tilt axis
+at the centre of the aligned images, as in the ``.xyz`` file) is seen in
+the aligned view at ``(x cos t + z sin t, y) + centre`` and in the raw view
+at ``centre + A^-1 ((u, v) - D)`` for the view's ``.xf`` ``(A, D)``.
+Tomogram arrays are ``data[z, y, x]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+import scipy.fft
+import scipy.ndimage
+
+from .coarse import bin_image, taper_window
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconOptions:
+    """Geometry and filter of the reconstruction.
+
+    Attributes
+    ----------
+    thickness_px : int
+        Tomogram thickness in unbinned pixels.
+    binning : int
+        1, 2, 4 or 8: views are binned by averaging once, voxels are
+        ``binning`` pixels wide.
+    z_offset_px : float
+        Unbinned pixels by which the slab centre sits above the tilt axis.
+    lowpass_cutoff : float
+        Radial low-pass cut-off, cycles per (binned) pixel (IMOD RADIAL first value).
+    lowpass_sigma : float
+        Gaussian fall-off beyond the cut-off (IMOD RADIAL second value).
+    sirt_iterations : int
+        0 for the plain ramp; ``n > 0`` for the filter that makes the
+        back-projection behave like ``n`` Landweber (SIRT-like) iterations.
+    taper_fraction : float
+        Edge taper of each view, fraction of each side.
+    slab_rows : int
+        Rows (binned y) reconstructed at a time.
+    dtype : {"float32", "float16"}
+    """
+
+    thickness_px: int = 300
+    binning: int = 1
+    z_offset_px: float = 0.0
+    lowpass_cutoff: float = 0.35
+    lowpass_sigma: float = 0.035
+    sirt_iterations: int = 0
+    taper_fraction: float = 0.05
+    slab_rows: int = 64
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.binning not in (1, 2, 4, 8):
+            raise ValueError(f"binning must be 1, 2, 4 or 8; got {self.binning!r}")
+        if not (isinstance(self.thickness_px, (int, np.integer)) and self.thickness_px >= self.binning):
+            raise ValueError(f"thickness_px must be an integer >= binning, got {self.thickness_px!r}")
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
+        if self.slab_rows < 1:
+            raise ValueError(f"slab_rows must be >= 1, got {self.slab_rows!r}")
+        if not 0 < self.lowpass_cutoff <= 0.5:
+            raise ValueError(f"lowpass_cutoff must be in (0, 0.5] cycles/pixel, got {self.lowpass_cutoff!r}")
+        if self.sirt_iterations < 0:
+            raise ValueError(f"sirt_iterations must be >= 0, got {self.sirt_iterations!r}")
+
+
+def volume_shape(image_shape, options):
+    """``(nz, ny, nx)`` of the tomogram for raw views of ``image_shape`` (ny, nx)."""
+    b = options.binning
+    return (max(1, int(options.thickness_px) // b), image_shape[0] // b, image_shape[1] // b)
+
+
+def grid_matrix(image_shape, options):
+    """Voxel index ``(ix, iy, iz, 1)`` -> frame position ``(x, y, z)``, unbinned pixels; shape (3, 4).
+
+    Voxel centres: ``x = (ix + 0.5) b - nx / 2`` (and likewise y), ``z =
+    (iz + 0.5 - nz / 2) b + z_offset``.
+    """
+    b = options.binning
+    nz, _, _ = volume_shape(image_shape, options)
+    ny, nx = image_shape
+    g = np.zeros((3, 4))
+    g[0, 0] = g[1, 1] = g[2, 2] = b
+    g[0, 3] = 0.5 * b - nx / 2.0
+    g[1, 3] = 0.5 * b - ny / 2.0
+    g[2, 3] = (0.5 - nz / 2.0) * b + options.z_offset_px
+    return g
+
+
+def view_matrices(xf, tilt_deg, image_shape, grid, binning):
+    """Per view: voxel index -> binned raw-view array position (col, row); shape (n, 2, 4).
+
+    Parameters
+    ----------
+    xf : ndarray (n, 6)
+        Raw -> aligned IMOD transforms.
+    tilt_deg : ndarray (n,)
+    image_shape : (ny, nx)
+        Unbinned raw view size.
+    grid : ndarray (3, 4)
+        Voxel index -> frame ``(x, y, z)`` in unbinned pixels.
+    binning : int
+    """
+    ny, nx = image_shape
+    c = np.array([nx / 2.0, ny / 2.0])
+    t = np.deg2rad(tilt_deg)
+    out = np.empty((len(t), 2, 4))
+    for j in range(len(t)):
+        proj = np.array([[np.cos(t[j]), 0.0, np.sin(t[j])], [0.0, 1.0, 0.0]]) @ grid  # -> (u, v), (2, 4)
+        a_inv = np.linalg.inv(xf[j, :4].reshape(2, 2))
+        raw = a_inv @ proj
+        raw[:, 3] += c - a_inv @ xf[j, 4:]  # raw = c + A^-1 ((u, v) - D)
+        out[j] = raw / binning
+        out[j, :, 3] -= 0.5  # IMOD coordinate -> array index (pixel centres at i + 0.5)
+    return out
+
+
+def filter_view(img, axis_dir_xy, options):
+    """Mean-removed, edge-tapered, ramp-filtered view (float32, same shape).
+
+    Parameters
+    ----------
+    img : ndarray (ny, nx)
+        Binned raw view.
+    axis_dir_xy : (2,)
+        Unit vector of the direction *perpendicular* to the tilt axis in
+        this raw view (the ramp acts along it), in (x, y).
+    """
+    ny, nx = img.shape
+    w = taper_window(img.shape, options.taper_fraction)
+    x = (img - (img * w).sum() / w.sum()) * w
+    py, px = scipy.fft.next_fast_len(2 * ny), scipy.fft.next_fast_len(2 * nx, real=True)
+    f = scipy.fft.rfft2(x, s=(py, px), workers=-1)
+    fy = np.fft.fftfreq(py)[:, None]
+    fx = np.fft.rfftfreq(px)[None, :]
+    k_perp = np.abs(fx * axis_dir_xy[0] + fy * axis_dir_xy[1])
+    r = np.hypot(fx, fy)
+    filt = k_perp.copy()
+    if options.sirt_iterations:
+        # Landweber after n iterations with step a: |k| (1 - (1 - a / |k|)^n), a = the lowest frequency
+        a = 1.0 / max(px, py)
+        safe = np.maximum(k_perp, a)
+        filt = np.where(k_perp > 0, safe * (1.0 - (1.0 - a / safe) ** options.sirt_iterations), 0.0)
+    filt *= np.where(r <= options.lowpass_cutoff, 1.0,
+                     np.exp(-((r - options.lowpass_cutoff) ** 2) / (2 * options.lowpass_sigma**2)))
+    out = scipy.fft.irfft2(f * filt, s=(py, px), workers=-1)[:ny, :nx]
+    return out.astype(np.float32)
+
+
+def perpendicular_direction(xf_row):
+    """Direction across the tilt axis in the raw view: ``A^-1 (1, 0)``, normalised."""
+    d = np.linalg.solve(xf_row[:4].reshape(2, 2), [1.0, 0.0])
+    return d / np.hypot(*d)
+
+
+def tilt_weights(tilt_deg):
+    """Angular interval of each view (radians): half the gaps to its neighbours."""
+    t = np.deg2rad(np.asarray(tilt_deg, dtype=float))
+    order = np.argsort(t)
+    ts = t[order]
+    gaps = np.diff(ts)
+    w = np.empty_like(ts)
+    if len(ts) == 1:
+        w[:] = np.pi
+    else:
+        w[0], w[-1] = gaps[0], gaps[-1]
+        w[1:-1] = 0.5 * (gaps[:-1] + gaps[1:])
+    out = np.empty_like(w)
+    out[order] = w
+    return out
+
+
+def backproject_numpy(views, matrices, weights, z0, out):
+    """Pure-numpy twin of the compiled kernel (same sampling, float32 result)."""
+    nzb, nyb, nxb = out.shape
+    iz, iy, ix = np.meshgrid(np.arange(z0, z0 + nzb), np.arange(nyb), np.arange(nxb), indexing="ij")
+    hom = np.stack([ix, iy, iz, np.ones_like(ix)]).reshape(4, -1).astype(float)
+    ny, nx = views.shape[1:]
+    for j in range(len(views)):
+        col, row = matrices[j] @ hom
+        inside = (col >= 0) & (row >= 0) & (np.floor(col) < nx - 1) & (np.floor(row) < ny - 1)
+        vals = scipy.ndimage.map_coordinates(views[j], [row, col], order=1, mode="constant", cval=0.0)
+        out += (weights[j] * np.where(inside, vals, 0.0)).reshape(out.shape).astype(np.float32)
+
+
+def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_slab=None, compiled=True,
+                grid=None, shape=None):
+    """Weighted back-projection of a tilt series.
+
+    Parameters
+    ----------
+    views : sequence of ndarray (ny, nx)
+        Raw views (a :class:`tiltflow.io.mrc.Stack` works: one view at a time).
+    xf : ndarray (n_views, 6)
+        Raw -> aligned transforms (the ``{series}.xf``).
+    tilt_deg : ndarray (n_views,)
+        Solved tilt angles (the ``{series}.tlt``).
+    options : ReconOptions
+    usable : ndarray of bool (n_views,), optional
+        Views to use (excluded views are left out).
+    write_slab : callable, optional
+        ``write_slab(y0, block)`` receives each finished slab ``(nz, rows, nx)``;
+        without it the whole volume is returned.
+    compiled : bool
+        numba kernel (default) or the numpy path.
+    grid : ndarray (3, 4), optional
+        Voxel index -> frame position; default :func:`grid_matrix`.
+    shape : (nz, ny, nx), optional
+        Volume shape; default :func:`volume_shape`.
+
+    Returns
+    -------
+    volume : ndarray (nz, ny, nx) or None
+        None when ``write_slab`` is given.
+    stats : dict
+        ``seconds`` (back-projection), ``filter_seconds``, ``voxels``, ``views``.
+    """
+    from ._image_kernels import backproject
+
+    n = len(tilt_deg)
+    usable = np.ones(n, dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
+    idx = np.flatnonzero(usable)
+    first = np.asarray(views[int(idx[0])])
+    image_shape = first.shape
+    b = options.binning
+    t0 = time.perf_counter()
+    filtered = np.empty((len(idx),) + (image_shape[0] // b, image_shape[1] // b), dtype=np.float32)
+    for k, j in enumerate(idx):
+        filtered[k] = filter_view(bin_image(np.asarray(views[int(j)], dtype=np.float32), b),
+                                  perpendicular_direction(xf[j]), options)
+    filter_seconds = time.perf_counter() - t0
+    shape = shape or volume_shape(image_shape, options)
+    grid = grid_matrix(image_shape, options) if grid is None else grid
+    mats = view_matrices(xf[idx], np.asarray(tilt_deg)[idx], image_shape, grid, b)
+    weights = tilt_weights(np.asarray(tilt_deg)[idx]) * 0.5  # ramp and interval: sum approximates the inverse
+    nz, ny, nx = shape
+    volume = None if write_slab else np.empty(shape, dtype=options.dtype)
+    seconds = 0.0
+    for y0 in range(0, ny, options.slab_rows):
+        rows = min(options.slab_rows, ny - y0)
+        block = np.zeros((nz, rows, nx), dtype=np.float32)
+        m = mats.copy()
+        m[:, :, 3] += m[:, :, 1] * y0  # fold the slab's first row into the offsets
+        t1 = time.perf_counter()
+        if compiled:
+            backproject(filtered, m, weights, 0, block)
+        else:
+            backproject_numpy(filtered, m, weights, 0, block)
+        seconds += time.perf_counter() - t1
+        if write_slab:
+            write_slab(y0, block.astype(options.dtype))
+        else:
+            volume[:, y0:y0 + rows] = block
+    stats = {"seconds": seconds, "filter_seconds": filter_seconds, "voxels": int(nz * ny * nx), "views": int(len(idx))}
+    log.info("back-projection: %d voxels x %d views in %.2f s (%.3g voxel-view updates/s); filtering %.2f s",
+             stats["voxels"], stats["views"], seconds, stats["voxels"] * stats["views"] / max(seconds, 1e-9),
+             filter_seconds)
+    return volume, stats
