@@ -57,37 +57,48 @@ def backproject(views, matrices, weights, z0, out):  # pragma: no cover - compil
     """
     n_views, ny, nx = views.shape
     nzb, nyb, nxb = out.shape
+    flat_views = views.reshape(n_views, ny * nx)
     for k in prange(nzb):
         iz = z0 + k
-        acc = np.zeros(nxb, dtype=np.float32)
-        for iy in range(nyb):
-            acc[:] = 0.0
-            for j in range(n_views):
-                m = matrices[j]
-                w = np.float32(weights[j])
-                img = views[j]
+        # per-thread scratch: the index/fraction pass vectorises, the gather pass stays simple
+        idx = np.empty(nxb, dtype=np.int32)
+        fcs = np.empty(nxb, dtype=np.float32)
+        frs = np.empty(nxb, dtype=np.float32)
+        for j in range(n_views):
+            m = matrices[j]
+            w = np.float32(weights[j])
+            flat = flat_views[j]
+            for iy in range(nyb):
+                row = out[k, iy]
                 c0 = m[0, 1] * iy + m[0, 2] * iz + m[0, 3]
                 r0 = m[1, 1] * iy + m[1, 2] * iz + m[1, 3]
                 dc = m[0, 0]
                 dr = m[1, 0]
-                # the ix range whose samples lie inside [0, nx - 1) x [0, ny - 1): no branch in the loop
+                # the ix range whose samples lie inside [0, nx - 1) x [0, ny - 1)
                 lo, hi = 0.0, float(nxb)
                 lo, hi = _clip_range(c0, dc, nx - 1.0, lo, hi)
                 lo, hi = _clip_range(r0, dr, ny - 1.0, lo, hi)
                 i0 = max(0, int(np.ceil(lo)))
                 i1 = min(nxb, int(np.floor(hi)) + 1)
+                c0f = np.float32(c0)
+                r0f = np.float32(r0)
+                dcf = np.float32(dc)
+                drf = np.float32(dr)
                 for ix in range(i0, i1):
-                    c = c0 + dc * ix
-                    r = r0 + dr * ix
-                    c_i = min(max(int(c), 0), nx - 2)
-                    r_i = min(max(int(r), 0), ny - 2)
-                    fc = np.float32(c - c_i)
-                    fr = np.float32(r - r_i)
-                    top = img[r_i, c_i] + fc * (img[r_i, c_i + 1] - img[r_i, c_i])
-                    bot = img[r_i + 1, c_i] + fc * (img[r_i + 1, c_i + 1] - img[r_i + 1, c_i])
-                    acc[ix] += w * (top + fr * (bot - top))
-            for ix in range(nxb):
-                out[k, iy, ix] += acc[ix]
+                    c = c0f + dcf * np.float32(ix)
+                    r = r0f + drf * np.float32(ix)
+                    c_i = min(max(np.int32(c), np.int32(0)), np.int32(nx - 2))
+                    r_i = min(max(np.int32(r), np.int32(0)), np.int32(ny - 2))
+                    fcs[ix] = c - np.float32(c_i)
+                    frs[ix] = r - np.float32(r_i)
+                    idx[ix] = r_i * np.int32(nx) + c_i
+                for ix in range(i0, i1):
+                    p = idx[ix]
+                    a = flat[p]
+                    top = a + fcs[ix] * (flat[p + 1] - a)
+                    b = flat[p + nx]
+                    bot = b + fcs[ix] * (flat[p + nx + 1] - b)
+                    row[ix] += w * (top + frs[ix] * (bot - top))
 
 
 @njit(cache=True, inline="always")
