@@ -43,3 +43,30 @@ def small_sim():
         width=1024, height=1024, noise_px=0.4, mag_drift=0.01, tilt_jitter_deg=0.15, seed=11,
     )
     return simulate.simulate(spec)
+
+
+def run_steps(folder, row, tag="run", config=None):
+    """The workflow's alignment rules, called directly in order (what Snakemake runs).
+
+    Returns the output paths (``xf``, ``tlt``, ``xyz``, ``fiducials``,
+    ``summary``, ``coarse_xf``, ``prepared``).
+    """
+    from tiltflow import steps
+
+    config = config or {"align": {}, "coarse": {}, "robust": False}
+    folder = Path(folder)
+    prepared = folder / f"{tag}.prepared.json"
+    steps.import_markers(row, prepared)
+    coarse_state = folder / f"{tag}.coarse.json"
+    out = {k: folder / f"{tag}.{k}" for k in ("xf", "tlt", "xyz", "fiducials", "summary")}
+    out["coarse_xf"] = folder / f"{tag}.coarse.xf"
+    steps.align_coarse(prepared, steps.stage_params("coarse", config), coarse_state, out["coarse_xf"])
+    state = coarse_state
+    for stage in align.STAGES:
+        nxt = folder / f"{tag}.{stage}.json"
+        steps.align_stage(stage, prepared, state, steps.stage_params(stage, config), nxt)
+        state = nxt
+    steps.write_alignment(prepared, state, steps.stage_params("polish", config), row["series"],
+                          {k: out[k] for k in ("xf", "tlt", "xyz", "fiducials", "summary")}, coarse_state)
+    out["prepared"] = prepared
+    return out

@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import realdata
+from conftest import realdata, run_steps
 
-from tiltflow import align, io, projection, steps
+from tiltflow import align, io, projection
 from tiltflow.prepare import SeriesSpec, prepare
 
 # name: (markers, tilts, rotation, width, height, angle offset, IMOD mean residual, allowed excess)
@@ -36,22 +36,6 @@ def test_mean_residual_close_to_imod(name):
     print(f"{name}: mean residual {mean:.4f} px, IMOD {imod:.3f} px ({100 * (mean / imod - 1):+.1f} %)")
     assert mean <= imod * (1 + excess)
     assert mean >= imod * 0.8  # a far lower value would mean points were lost
-
-
-def run_steps(tmp_path, row):
-    """The workflow's steps, called directly (what the rules do)."""
-    prepared = tmp_path / "prepared.json"
-    steps.import_markers(row, prepared)
-    params = steps.stage_params("polish", {"align": {}, "robust": False})
-    state = tmp_path / "coarse.json"
-    steps.align_coarse(prepared, steps.stage_params("coarse", {"align": {}}), state, tmp_path / "coarse.xf")
-    for stage in align.STAGES:
-        nxt = tmp_path / f"{stage}.json"
-        steps.align_stage(stage, prepared, state, params, nxt)
-        state = nxt
-    out = {k: tmp_path / f"out.{k}" for k in ("xf", "tlt", "xyz", "fiducials", "summary")}
-    steps.write_alignment(prepared, state, params, row["series"], out)
-    return out
 
 
 def test_imod_files_are_the_solution(tmp_path):

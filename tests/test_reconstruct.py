@@ -5,7 +5,7 @@ import json
 import mrcfile
 import numpy as np
 import pytest
-from conftest import series_from_sim
+from conftest import run_steps, series_from_sim
 
 from tiltflow import align, io, projection, reconstruct, simulate, steps
 from tiltflow.io.mrc import write_stack
@@ -84,17 +84,8 @@ def test_beads_sit_at_the_xyz_positions(scene, tmp_path):
     write_stack(tmp_path / "s.mrc", np.round(views).astype(np.int16), pixel_size_angstrom=7.0)
     row = {"series": "s", "markers": str(tmp_path / "m.csv"), "tilts": str(tmp_path / "t.rawtlt"),
            "tilt_axis_angle": -5.0, "stack": str(tmp_path / "s.mrc"), "width": None, "height": None}
-    prepared = tmp_path / "prepared.json"
-    steps.import_markers(row, prepared)
-    state = tmp_path / "coarse.json"
-    params = steps.stage_params("polish", {"align": {}})
-    steps.align_coarse(prepared, steps.stage_params("coarse", {"align": {}}), state, tmp_path / "coarse.xf")
-    for stage in align.STAGES:
-        steps.align_stage(stage, prepared, state, params, tmp_path / f"{stage}.json")
-        state = tmp_path / f"{stage}.json"
-    out = {k: tmp_path / f"s.{k}" for k in ("xf", "tlt", "xyz")}
-    out.update(fiducials=tmp_path / "f.tsv", summary=tmp_path / "summary.json")
-    steps.write_alignment(prepared, state, params, "s", out)
+    out = run_steps(tmp_path, row, "s")
+    prepared = out["prepared"]
     b = 2
     steps.reconstruct_tomogram(prepared, out["xf"], out["tlt"], {"reconstruct": {"thickness": 100, "binning": b}},
                                tmp_path / "tomogram.mrc", tmp_path / "tomogram.json", threads=2)

@@ -566,22 +566,24 @@ def search_tilt_axis(binned, tilt_rad, start_deg, reference_view, shifts_binned_
     r = options.axis_search_range_deg
     table = {float(a): scores(a) for a in start_deg + np.arange(-r, r + 1e-9, 2.0)}
     best = max(table, key=lambda a: np.mean(table[a]))
-    for a in best + np.arange(-1.0, 1.01, 0.5):
-        if float(a) not in table:
-            table[float(a)] = scores(a)
+    # a uniform fine grid around the best coarse angle; interpolation uses it alone
+    fine_angles = best + np.arange(-2.0, 2.01, 0.5)
+    fine = np.array([table[float(a)] if float(a) in table else scores(a) for a in fine_angles])
+    for a, row in zip(fine_angles, fine):
+        table[float(a)] = list(row)
     angles = np.array(sorted(table))
-    mat = np.array([table[a] for a in angles])  # (n_angles, n_pairs)
-    mean = mat.mean(axis=1)
+    mean = np.array([np.mean(table[a]) for a in angles])
 
     def peak_of(curve):
         i = int(np.argmax(curve))
-        if 0 < i < len(curve) - 1 and np.isclose(angles[i + 1] - angles[i], angles[i] - angles[i - 1]):
-            return float(angles[i] + (angles[i + 1] - angles[i]) * _parabola(curve[i - 1], curve[i], curve[i + 1]))
-        return float(angles[i])
+        if 0 < i < len(curve) - 1:
+            return float(fine_angles[i] + 0.5 * _parabola(curve[i - 1], curve[i], curve[i + 1]))
+        return float(fine_angles[i])
 
-    estimate = peak_of(mean)
+    fine_mean = fine.mean(axis=1)
+    estimate = peak_of(fine_mean)
     rng = np.random.default_rng(seed)
-    boots = [peak_of(mat[:, rng.integers(0, mat.shape[1], mat.shape[1])].mean(axis=1)) for _ in range(n_boot)]
+    boots = [peak_of(fine[:, rng.integers(0, fine.shape[1], fine.shape[1])].mean(axis=1)) for _ in range(n_boot)]
     result = {
         "start_deg": float(start_deg),
         "estimate_deg": estimate,
