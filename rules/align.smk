@@ -115,6 +115,9 @@ rule write_alignment:
         xyz="results/{series}/{series}.xyz",
         fiducials="results/{series}/fiducials.tsv",
         summary="results/{series}/summary.json",
+        views="results/{series}/views.tsv",
+        markers="results/{series}/markers.tsv",
+        large_residuals="results/{series}/large_residuals.tsv",
     params:
         options=stage_params("polish", config),
     log:

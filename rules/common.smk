@@ -66,6 +66,9 @@ def all_outputs():
         "fiducials.tsv",
         "summary.json",
         "coarse.xf",
+        "views.tsv",
+        "markers.tsv",
+        "large_residuals.tsv",
     ]
     files = [f"results/{s}/{f.format(series=s)}" for s in SERIES for f in per_series]
     files += [f"results/{s}/tomogram.{ext}" for s in SERIES if sheet.loc[s, "stack"] for ext in ("mrc", "json")]

@@ -75,3 +75,18 @@ def test_extended_header_is_skipped(tmp_path):
         m.set_extended_header(np.zeros(256, dtype=np.uint8))
     with Stack(path) as st:
         np.testing.assert_array_equal(st.view(1), data[1])
+
+
+def test_slab_writer_round_trip(tmp_path):
+    from tiltflow.io.mrc import SlabWriter
+
+    vol = np.random.default_rng(2).normal(size=(5, 13, 7)).astype(np.float32)
+    path = tmp_path / "v.mrc"
+    with SlabWriter(path, vol.shape, "float32", 3.5) as w:
+        for y0 in range(0, 13, 4):
+            w.write(y0, vol[:, y0:y0 + 4])
+    with mrcfile.open(path) as m:
+        np.testing.assert_array_equal(m.data, vol)
+        assert float(m.voxel_size.z) == pytest.approx(3.5)
+        assert float(m.header.dmax) == pytest.approx(vol.max())
+        assert float(m.header.dmean) == pytest.approx(vol.mean(), abs=1e-6)

@@ -76,6 +76,11 @@ def test_outputs_follow_the_contract(project):
         assert len(fid) == 10 * n_views and fid["x_fit"].notna().all()
         summary = json.loads((out / "summary.json").read_text())
         assert summary["n_views"] == n_views and summary["n_markers"] == 10
+        views = pd.read_csv(out / "views.tsv", sep="\t")
+        assert len(views) == n_views and {"tilt", "rotation", "scale", "se_tilt", "leave_out_error"} <= set(views)
+        markers = pd.read_csv(out / "markers.tsv", sep="\t")
+        assert len(markers) == 10 and {"x", "y", "z", "n_obs", "surface"} <= set(markers)
+        assert (out / "large_residuals.tsv").is_file() and "surfaces" in summary
         assert 0.2 < summary["mean_residual"] < 0.6 and summary["solve_seconds"] > 0
         assert summary["leave_out_error"] > summary["mean_residual"]
     s2 = json.loads((project / "results/s2/summary.json").read_text())

@@ -97,21 +97,7 @@ def leave_out(series, state, options):
     jac = np.concatenate([jv, jp], axis=2) * sw  # (n_obs, 2, 8)
     r = (pred - obs.xy_px) * sw[:, :, 0]
 
-    # covariance blocks of (J^T J)^-1 through the Schur complement
-    hee = ne.hee.copy()
-    gi, si = np.nonzero(~st.e_free)
-    hee[gi, si, si] = 1.0
-    hee_inv = np.linalg.inv(hee)
-    hee_inv[gi, si, :] = 0.0
-    hee_inv[gi, :, si] = 0.0
-    if m:
-        w = hee_inv @ ne.hek  # (g, b, m)
-        nb = st.n_groups * b
-        s = ne.hkk - ne.hek.reshape(nb, m).T @ w.reshape(nb, m)
-        s_inv = scipy.linalg.cho_solve(scipy.linalg.cho_factor(s), np.eye(m))
-    else:
-        w = np.zeros((st.n_groups, b, 0))
-        s_inv = np.zeros((0, 0))
+    hee_inv, w, s_inv = _covariance_blocks(ne)
 
     if st.eliminate == "points":
         g = obs.marker_index
@@ -156,6 +142,69 @@ def leave_out(series, state, options):
     imod_use = (obs.weight > 0) & np.isfinite(imod).all(axis=1)
     imod_error = float(np.mean(np.hypot(imod[imod_use, 0], imod[imod_use, 1]))) if imod_use.any() else float("nan")
     return LeaveOut(loo, lev, undetermined, error, imod, imod_error)
+
+
+def _covariance_blocks(ne):
+    """Blocks of ``(J^T J)^-1`` through the Schur complement.
+
+    Returns ``(hee_inv (g, b, b), w = hee_inv @ hek (g, b, m), s_inv (m, m))``:
+    ``C_kk = S^-1``, ``C_ek = -W S^-1``, ``C_ee = Hee^-1 + W S^-1 W^T``.
+    """
+    st = ne.structure
+    b, m = st.block_size, st.n_kept
+    hee = ne.hee.copy()
+    gi, si = np.nonzero(~st.e_free)
+    hee[gi, si, si] = 1.0
+    hee_inv = np.linalg.inv(hee)
+    hee_inv[gi, si, :] = 0.0
+    hee_inv[gi, :, si] = 0.0
+    if m:
+        w = hee_inv @ ne.hek
+        nb = st.n_groups * b
+        s = ne.hkk - ne.hek.reshape(nb, m).T @ w.reshape(nb, m)
+        s_inv = scipy.linalg.cho_solve(scipy.linalg.cho_factor(s), np.eye(m))
+    else:
+        w = np.zeros((st.n_groups, b, 0))
+        s_inv = np.zeros((0, 0))
+    return hee_inv, w, s_inv
+
+
+@dataclasses.dataclass(frozen=True)
+class StandardErrors:
+    """Standard errors of the solved parameters (Gauss-Newton covariance at the solution).
+
+    Attributes
+    ----------
+    views : ndarray, shape (n_views, 5)
+        Per view: tilt (rad), rotation (rad), scale, dx, dy (px); 0 where held
+        (gauge, tied or interpolated parameters).
+    points_xyz_px : ndarray, shape (n_markers, 3)
+    sigma_px : float
+        Residual scale per coordinate: ``sqrt(sum w r^2 / (n_residuals - n_params))``.
+    """
+
+    views: np.ndarray
+    points_xyz_px: np.ndarray
+    sigma_px: float
+
+
+def standard_errors(series, state, options):
+    """Standard errors ``sigma * sqrt(diag((J^T J)^-1))`` of the polish-stage parameters."""
+    obs = series.obs.with_weight(series.obs.weight * state.weight)
+    layout = stage_layout("polish", series, state, options)
+    problem = BundleProblem(obs, layout, "auto", compiled=True)
+    cost, ne = problem.linearize((state.views, state.points_xyz_px))
+    hee_inv, w, s_inv = _covariance_blocks(ne)
+    diag_e = np.einsum("gbb->gb", hee_inv) + (np.einsum("gbm,mn,gbn->gb", w, s_inv, w) if w.shape[2] else 0.0)
+    diag_k = np.diag(s_inv).copy()
+    var = ne.to_flat(diag_e, diag_k)
+    n_res = 2 * int((obs.weight > 0).sum())
+    dof = max(n_res - layout.n_params, 1)
+    sigma = float(np.sqrt(2.0 * cost / dof))
+    se = sigma * np.sqrt(np.maximum(var, 0.0))
+    view_se = np.where(layout.view_map >= 0, se[np.maximum(layout.view_map, 0)], 0.0)
+    point_se = np.where(layout.point_map >= 0, se[np.maximum(layout.point_map, 0)], 0.0)
+    return StandardErrors(view_se, point_se, sigma)
 
 
 def _imod_leave_out(obs, jp, r):

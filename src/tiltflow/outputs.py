@@ -10,7 +10,8 @@ import pandas as pd
 
 from . import projection
 from .align import AlignmentState, AlignOptions, output_frame, residual_stats
-from .diagnostics import leave_out
+from .diagnostics import leave_out, standard_errors
+from .surfaces import fit_surfaces
 from .prepare import Prepared
 from .projection import ROT, SCALE, TILT
 
@@ -37,6 +38,8 @@ class SeriesResult:
         The marker x view grid, columns :data:`FIDUCIAL_COLUMNS`.
     summary : dict
         ``summary.json``.
+    views_table, markers_table, large_residuals : pandas.DataFrame
+        ``views.tsv``, ``markers.tsv`` and ``large_residuals.tsv``.
     """
 
     views: np.ndarray
@@ -46,6 +49,9 @@ class SeriesResult:
     contour_ids: np.ndarray
     fiducials: pd.DataFrame
     summary: dict
+    views_table: pd.DataFrame = None
+    markers_table: pd.DataFrame = None
+    large_residuals: pd.DataFrame = None
 
 
 def contour_ids(marker_ids):
@@ -145,4 +151,92 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
         if search:
             summary["tilt_axis_image_deg"] = search["estimate_deg"]
             summary["tilt_axis_image_uncertainty_deg"] = search["uncertainty_deg"]
-    return SeriesResult(views, points, xf, tilt_deg, contour_ids(s.marker_ids), fid, summary)
+    se = standard_errors(s, state, options)
+    surf = fit_surfaces(points) if s.obs.n_markers >= 3 else None
+    if surf is not None:
+        summary["surfaces"] = surf.to_dict()
+    views_table, markers_table, large = _tables(prepared, state, views, points, loo, se, surf)
+    summary["n_large_residuals"] = int(len(large))
+    return SeriesResult(views, points, xf, tilt_deg, contour_ids(s.marker_ids), fid, summary,
+                        views_table, markers_table, large)
+
+
+#: IMOD's ResidualReportCriterion: residuals this many SD above the mean are listed.
+LARGE_RESIDUAL_SD = 3.0
+
+
+def _tables(prepared, state, views, points, loo, se, surf):
+    """``views.tsv``, ``markers.tsv`` and ``large_residuals.tsv`` as DataFrames."""
+    s = prepared.series
+    o = s.obs
+    pred = projection.project(points, views, o.marker_index, o.view_index, s.centre_xy_px)
+    r = pred - o.xy_px
+    length = np.hypot(r[:, 0], r[:, 1])
+    loo_len = np.hypot(loo.resid_xy_px[:, 0], loo.resid_xy_px[:, 1])
+    loo_len = np.where(loo.undetermined, np.nan, loo_len)
+    used = state.weight > 0
+
+    def per(index, n, values, mask):
+        num = np.bincount(index[mask], values[mask], minlength=n)
+        den = np.bincount(index[mask], minlength=n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / np.maximum(den, 1), np.nan), den
+
+    n_v, n_m = s.n_views, o.n_markers
+    mean_v, count_v = per(o.view_index, n_v, length, used)
+    loo_v, _ = per(o.view_index, n_v, np.nan_to_num(loo_len), used & np.isfinite(loo_len))
+    strong, weak, empty = s.view_classes()
+    status = np.where(s.excluded, "excluded", np.where(empty, "interpolated", np.where(weak, "tied", "solved")))
+    views_table = pd.DataFrame({
+        "view": np.arange(n_v),
+        "tilt_nominal": s.nominal_tilt_deg,
+        "tilt": np.rad2deg(views[:, TILT]),
+        "rotation": np.rad2deg(views[:, ROT]),
+        "scale": views[:, SCALE],
+        "dx": views[:, 3],
+        "dy": views[:, 4],
+        "n_markers": count_v,
+        "mean_residual": mean_v,
+        "leave_out_error": loo_v,
+        "se_tilt": np.rad2deg(se.views[:, TILT]),
+        "se_rotation": np.rad2deg(se.views[:, ROT]),
+        "se_scale": se.views[:, SCALE],
+        "se_dx": se.views[:, 3],
+        "se_dy": se.views[:, 4],
+        "status": status,
+    })
+    mean_m, count_m = per(o.marker_index, n_m, length, used)
+    loo_m, _ = per(o.marker_index, n_m, np.nan_to_num(loo_len), used & np.isfinite(loo_len))
+    if surf is not None and surf.n_surfaces == 2:
+        surface = np.where(surf.surface == 1, "top", "bottom")
+    else:
+        surface = np.full(n_m, "")
+    markers_table = pd.DataFrame({
+        "marker": s.marker_ids,
+        "x": points[:, 0] + s.width / 2.0,
+        "y": points[:, 1] + s.height / 2.0,
+        "z": points[:, 2],
+        "n_obs": count_m,
+        "mean_residual": mean_m,
+        "leave_out_error": loo_m,
+        "se_x": se.points_xyz_px[:, 0],
+        "se_y": se.points_xyz_px[:, 1],
+        "se_z": se.points_xyz_px[:, 2],
+        "surface": surface,
+    })
+    mu, sd = float(np.mean(length[used])), float(np.std(length[used]))
+    big = used & (length > mu + LARGE_RESIDUAL_SD * sd)
+    order = np.argsort(-length[big])
+    k = np.flatnonzero(big)[order]
+    large = pd.DataFrame({
+        "marker": s.marker_ids[o.marker_index[k]],
+        "view": o.view_index[k],
+        "x": o.xy_px[k, 0],
+        "y": o.xy_px[k, 1],
+        "resid_x": r[k, 0],
+        "resid_y": r[k, 1],
+        "resid": length[k],
+        "sd_above_mean": (length[k] - mu) / sd if sd > 0 else np.zeros(len(k)),
+        "weight": state.weight[k],
+    })
+    return views_table, markers_table, large

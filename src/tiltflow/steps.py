@@ -18,7 +18,7 @@ import pandas as pd
 
 from . import align, io, outputs, simulate
 from .coarse import CoarseOptions, coarse_align, pair_order
-from .io.mrc import Stack, write_stack
+from .io.mrc import SlabWriter, Stack, write_stack
 from .io.state import load_prepared, load_state, save_prepared, save_state
 from .prepare import prepare
 from .reconstruct import ReconOptions, reconstruct, volume_shape
@@ -163,7 +163,8 @@ def write_alignment(prepared_path, state_path, params, series_name, out, coarse_
         The polish stage's config values (:func:`stage_params`): which
         parameters the model has, for the leave-out error.
     out : mapping
-        Paths for ``xf``, ``tlt``, ``xyz``, ``fiducials`` and ``summary``.
+        Paths for ``xf``, ``tlt``, ``xyz``, ``fiducials`` and ``summary``,
+        and optionally ``views``, ``markers`` and ``large_residuals``.
     coarse_path : str, optional
         The coarse stage's state file, whose report goes into the summary.
     """
@@ -181,6 +182,10 @@ def write_alignment(prepared_path, state_path, params, series_name, out, coarse_
     io.write_xyz(out["xyz"], result.points_xyz_px, result.contour_ids,
                  (prepared.series.width, prepared.series.height), prepared.pixel_size_angstrom)
     result.fiducials.to_csv(out["fiducials"], sep="\t", index=False, float_format="%.4f", na_rep="")
+    for key, table in (("views", result.views_table), ("markers", result.markers_table),
+                       ("large_residuals", result.large_residuals)):
+        if key in out:
+            table.to_csv(out[key], sep="\t", index=False, float_format="%.6g", na_rep="")
     with open(out["summary"], "w", encoding="utf-8") as f:
         json.dump(_jsonable(result.summary), f, indent=1)
 
@@ -270,9 +275,8 @@ def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_
 
     Reads the series' ``.xf`` and ``.tlt`` (the same files IMOD would use),
     writes ``tomogram.mrc`` (``data[z, y, x]``, voxel size in the header)
-    slab by slab through a memory map, and ``tomogram.json``.
+    slab by slab, and ``tomogram.json``.
     """
-    import mrcfile
     import numba
 
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
@@ -285,17 +289,9 @@ def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_
     tilts = io.read_tilts(tlt_path)
     with Stack(prepared.stack) as stack:
         shape = volume_shape(stack.shape, options)
-        mrc = mrcfile.new_mmap(out_mrc, shape=shape, mrc_mode=2 if options.dtype == "float32" else 12, overwrite=True)
-        try:
-            mrc.voxel_size = prepared.pixel_size_angstrom * options.binning
-
-            def write(y0, block):
-                mrc.data[:, y0:y0 + block.shape[1], :] = block
-
-            _, stats = reconstruct(stack, xf, tilts, options, ~prepared.series.excluded, write_slab=write)
-            mrc.update_header_stats()
-        finally:
-            mrc.close()
+        voxel = prepared.pixel_size_angstrom * options.binning
+        with SlabWriter(out_mrc, shape, options.dtype, voxel) as writer:
+            _, stats = reconstruct(stack, xf, tilts, options, ~prepared.series.excluded, write_slab=writer.write)
     stats.update({"shape_zyx": list(shape), "voxel_size_angstrom": prepared.pixel_size_angstrom * options.binning,
                   "binning": options.binning, "thickness_px": options.thickness_px,
                   "updates_per_second": stats["voxels"] * stats["views"] / max(stats["seconds"], 1e-9),

@@ -116,3 +116,69 @@ def write_stack(path, data, pixel_size_angstrom=1.0):
         mrc.voxel_size = pixel_size_angstrom
         mrc.header.ispg = 0
         mrc.update_header_stats()
+
+
+class SlabWriter:
+    """Write a volume ``data[z, y, x]`` to an MRC file slab by slab (along y).
+
+    Plain file writes, not a memory map: dirty pages of a mapped 8 GB
+    tomogram would count against the process, ordinary writes do not.
+    Header statistics are accumulated and written on :meth:`close`.
+
+    Parameters
+    ----------
+    path : str or Path
+    shape : (nz, ny, nx)
+    dtype : "float32" or "float16"
+    voxel_size_angstrom : float
+    """
+
+    def __init__(self, path, shape, dtype="float32", voxel_size_angstrom=1.0):
+        import mrcfile
+
+        self.path = Path(path)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        mode = {np.dtype("float32"): 2, np.dtype("float16"): 12}[self.dtype]
+        with mrcfile.new_mmap(self.path, shape=self.shape, mrc_mode=mode, overwrite=True) as mrc:
+            mrc.voxel_size = voxel_size_angstrom
+            self._offset = int(mrc.header.nbytes + mrc.extended_header.nbytes)
+        self._file = open(self.path, "r+b")
+        self._min, self._max, self._sum, self._sumsq, self._n = np.inf, -np.inf, 0.0, 0.0, 0
+
+    def write(self, y0, block):
+        """Write ``block (nz, rows, nx)`` at rows ``y0 .. y0 + rows``."""
+        nz, ny, nx = self.shape
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[0] != nz or block.shape[2] != nx or y0 + block.shape[1] > ny:
+            raise ValueError(f"slab of shape {block.shape} at y0={y0} does not fit a volume of shape {self.shape}")
+        row_bytes = nx * self.dtype.itemsize
+        for z in range(nz):
+            self._file.seek(self._offset + (z * ny + y0) * row_bytes)
+            self._file.write(block[z].tobytes())
+        b = block.astype(np.float64)
+        self._min = min(self._min, float(b.min()))
+        self._max = max(self._max, float(b.max()))
+        self._sum += float(b.sum())
+        self._sumsq += float((b * b).sum())
+        self._n += b.size
+
+    def close(self):
+        """Flush the data and write the header statistics."""
+        import mrcfile
+
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        with mrcfile.mmap(self.path, mode="r+") as mrc:  # touches the header only
+            if self._n:
+                mean = self._sum / self._n
+                mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = self._min, self._max, mean
+                mrc.header.rms = float(np.sqrt(max(self._sumsq / self._n - mean * mean, 0.0)))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
