@@ -19,6 +19,7 @@ include: "rules/demo.smk"
 include: "rules/align.smk"
 include: "rules/reconstruct.smk"
 include: "rules/summary.smk"
+include: "rules/plots.smk"
 
 
 rule all:

@@ -58,6 +58,17 @@ def final_stage(wildcards):
     return f"results/{wildcards.series}/stages/{stage}.json"
 
 
+def plot_output(name):
+    """A per-series plot registered for the report, captioned from report/{name}.rst."""
+    return report(
+        f"results/{{series}}/plots/{name}.png",
+        caption=f"../report/{name}.rst",
+        category="Series",
+        subcategory="{series}",
+        labels={"series": "{series}", "plot": name.replace("_", " ")},
+    )
+
+
 def all_outputs():
     per_series = [
         "{series}.xf",
@@ -72,4 +83,5 @@ def all_outputs():
     ]
     files = [f"results/{s}/{f.format(series=s)}" for s in SERIES for f in per_series]
     files += [f"results/{s}/tomogram.{ext}" for s in SERIES if sheet.loc[s, "stack"] for ext in ("mrc", "json")]
-    return files + ["results/summary.tsv"]
+    files += [f"results/{s}/plots/residual_vs_tilt.png" for s in SERIES]
+    return files + ["results/summary.tsv", "results/summary.png"]

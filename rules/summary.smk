@@ -5,7 +5,12 @@ rule summarize:
     input:
         summaries=expand("results/{series}/summary.json", series=SERIES),
     output:
-        tsv="results/summary.tsv",
+        tsv=report(
+            "results/summary.tsv",
+            caption="../report/summary_table.rst",
+            category="Summary",
+            labels={"table": "all series"},
+        ),
     log:
         "logs/summarize.log",
     conda:

@@ -98,7 +98,7 @@ def test_nothing_to_redo_then_only_what_is_missing(project):
     assert jobs_planned(project, "--configfile", "my.yaml") == {}
     (project / "results/s1/summary.json").unlink()
     planned = jobs_planned(project, "--configfile", "my.yaml")
-    assert planned == {"write_alignment": 1, "summarize": 1, "all": 1}
+    assert planned == {"write_alignment": 1, "summarize": 1, "plot_alignment": 1, "plot_summary": 1, "all": 1}
     snakemake(project, "--configfile", "my.yaml")
 
 
@@ -106,7 +106,8 @@ def test_changing_a_science_parameter_reruns_only_affected_rules(project):
     cfg = {"tiltseries": "sheet.tsv", "align": {"tilt": "offset"}}
     (project / "other.yaml").write_text(yaml.safe_dump(cfg))
     planned = jobs_planned(project, "--configfile", "other.yaml")
-    assert planned == {"align_tilt": 2, "align_polish": 2, "write_alignment": 2, "summarize": 1, "all": 1}
+    assert planned == {"align_tilt": 2, "align_polish": 2, "write_alignment": 2, "summarize": 1,
+                       "plot_alignment": 2, "plot_summary": 1, "all": 1}
 
 
 def test_one_bad_series_does_not_stop_the_others(tmp_path):
@@ -153,3 +154,13 @@ def test_demo_runs_from_the_default_config(tmp_path):
     table = pd.read_csv(work / "results/summary.tsv", sep="\t")
     assert sorted(table["series"]) == sorted(simulate.DEMO_SERIES)
     assert (table["mean_residual"] < 1.0).all()
+
+
+def test_report_builds_with_the_plots(project):
+    for name in ("residual_vs_tilt", "residual_vectors", "trajectories", "tilt_change", "rotation_scale",
+                 "markers_xz"):
+        png = project / "results/s1/plots" / f"{name}.png"
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    snakemake(project, "--configfile", "my.yaml", "--report", "report.html")
+    html = (project / "report.html").read_text(errors="replace")
+    assert "residual vs tilt" in html and "s2" in html

@@ -206,6 +206,25 @@ def summarize(summary_paths, out_tsv):
     pd.DataFrame(rows, columns=SUMMARY_COLUMNS).to_csv(out_tsv, sep="\t", index=False, float_format="%.5g")
 
 
+def plot_alignment(fiducials_path, views_path, markers_path, summary_path, out):
+    """Rule ``plot_alignment``: the diagnostic PNGs of one series (:mod:`tiltflow.plots`)."""
+    from . import plots
+
+    fid = pd.read_csv(fiducials_path, sep="\t", dtype={"marker": str})
+    views = pd.read_csv(views_path, sep="\t")
+    markers = pd.read_csv(markers_path, sep="\t", dtype={"marker": str})
+    with open(summary_path, encoding="utf-8") as f:
+        width, height = json.load(f)["image_size"]
+    plots.save_all(fid, views, markers, out, (width / 2.0, height / 2.0))
+
+
+def plot_summary(summary_tsv, out_png):
+    """Rule ``plot_summary``: cross-series residual chart."""
+    from . import plots
+
+    plots.summary_plot(pd.read_csv(summary_tsv, sep="\t"), out_png)
+
+
 def simulate_demo(name, out):
     """Rule ``simulate_demo``: write one demo series in every marker format.
 

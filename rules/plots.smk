@@ -1,0 +1,40 @@
+# Diagnostic plots, registered for `snakemake --report report.html`.
+
+
+rule plot_alignment:
+    input:
+        fiducials="results/{series}/fiducials.tsv",
+        views="results/{series}/views.tsv",
+        markers="results/{series}/markers.tsv",
+        summary="results/{series}/summary.json",
+    output:
+        residual_vs_tilt=plot_output("residual_vs_tilt"),
+        residual_vectors=plot_output("residual_vectors"),
+        trajectories=plot_output("trajectories"),
+        tilt_change=plot_output("tilt_change"),
+        rotation_scale=plot_output("rotation_scale"),
+        markers_xz=plot_output("markers_xz"),
+    log:
+        "logs/{series}/plot_alignment.log",
+    conda:
+        "../envs/tiltflow.yaml"
+    script:
+        "../scripts/plot_alignment.py"
+
+
+rule plot_summary:
+    input:
+        tsv="results/summary.tsv",
+    output:
+        png=report(
+            "results/summary.png",
+            caption="../report/summary_plot.rst",
+            category="Summary",
+            labels={"figure": "residuals"},
+        ),
+    log:
+        "logs/plot_summary.log",
+    conda:
+        "../envs/tiltflow.yaml"
+    script:
+        "../scripts/plot_summary.py"
