@@ -59,7 +59,11 @@ class AlignOptions:
         Down-weight outliers with Tukey's bisquare (IMOD's scheme) in the
         main, tilt and polish stages.
     robust_k : float
-        Tukey cut-off in units of the robust residual scale.
+        Tukey cut-off for residual *lengths*, in units of the robust
+        per-coordinate scale.  9 keeps clean Gaussian data within 1 % of
+        the plain least-squares accuracy (measured on the acceptance
+        simulations; 4.685, the 1D textbook value, lost 5-13 % there) and
+        still gives mis-clicks of 9 sigma or more zero weight.
     lm : LMOptions
     """
 
@@ -68,8 +72,8 @@ class AlignOptions:
     tilt: str = "per_view"
     reference_view: int | None = None
     polish: bool = True
-    robust: bool = False
-    robust_k: float = 4.685
+    robust: bool = True
+    robust_k: float = 9.0
     lm: LMOptions = LMOptions()
 
     def __post_init__(self):
@@ -427,7 +431,7 @@ def output_frame(series, views, points):
     return translate(views, points, [t[0], t[1], 0.0])
 
 
-def robust_weights(resid_xy_px, k=4.685):
+def robust_weights(resid_xy_px, k=9.0):
     """Tukey bisquare weights of residual vectors (IMOD's robust scheme).
 
     The residual scale is estimated robustly as ``sigma = median(|r|) /

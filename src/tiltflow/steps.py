@@ -40,7 +40,7 @@ STAGE_KEYS = {
 def stage_params(stage, config):
     """The config values ``stage`` depends on, as a flat dict."""
     merged = dict(config.get("align", {}))
-    merged["robust"] = bool(config.get("robust", False))
+    merged["robust"] = bool(config.get("robust", True))
     merged["coarse"] = dict(config.get("coarse", {}))
     return {k: merged.get(k) for k in STAGE_KEYS[stage]}
 
@@ -56,7 +56,7 @@ def align_options(params):
         scale=params.get("scale") or "per_view",
         tilt=params.get("tilt") or "per_view",
         reference_view=params.get("reference_view"),
-        robust=bool(params.get("robust", False)),
+        robust=bool(params.get("robust", True)),
         lm=lm,
     )
 
