@@ -5,9 +5,7 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml

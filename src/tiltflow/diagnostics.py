@@ -91,7 +91,7 @@ def leave_out(series, state, options):
     views, points = state.views, state.points_xyz_px
     _, ne = problem.linearize((views, points))
     st = ne.structure
-    b, m = st.block_size, st.n_kept
+    m = st.n_kept
     pred, jv, jp = projection.project_with_jacobian(points, views, obs.marker_index, obs.view_index, obs.centre_xy_px)
     sw = np.sqrt(obs.weight)[:, None, None]
     jac = np.concatenate([jv, jp], axis=2) * sw  # (n_obs, 2, 8)
