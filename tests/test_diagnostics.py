@@ -31,7 +31,9 @@ def test_leave_out_matches_brute_force_refits(small_sim):
     simulate.SimulationSpec(n_views=61, n_markers=20, n_full_tracks=6, noise_px=0.5, seed=31),
     simulate.SimulationSpec(n_views=61, n_markers=20, n_full_tracks=6, noise_px=0.5, tilt_offset_deg=1.0,
                             tilt_jitter_deg=0.3, mag_drift=0.02, seed=32),
-])
+    simulate.SimulationSpec(n_views=61, n_markers=28, n_full_tracks=0, track_fraction=(0.45, 0.85),
+                            noise_px=0.5, seed=33),
+], ids=["paper_like", "tilt_errors", "no_full_track"])
 def test_leave_out_error_predicts_withheld_errors(spec):
     """Within +-15 % of the actual error of predictions of withheld observations."""
     sim = simulate.simulate(spec)

@@ -78,7 +78,7 @@ def test_outputs_follow_the_contract(project):
         assert len(views) == n_views and {"tilt", "rotation", "scale", "se_tilt", "leave_out_error"} <= set(views)
         markers = pd.read_csv(out / "markers.tsv", sep="\t")
         assert len(markers) == 10 and {"x", "y", "z", "n_obs", "surface"} <= set(markers)
-        assert (out / "large_residuals.tsv").is_file() and "surfaces" in summary
+        assert (out / "large_residuals.tsv").is_file() and "surfaces" in summary and "downweighted" in summary
         assert 0.2 < summary["mean_residual"] < 0.6 and summary["solve_seconds"] > 0
         assert summary["leave_out_error"] > summary["mean_residual"]
     s2 = json.loads((project / "results/s2/summary.json").read_text())
@@ -162,3 +162,29 @@ def test_report_builds_with_the_plots(project):
     snakemake(project, "--configfile", "my.yaml", "--report", "report.html")
     html = (project / "report.html").read_text(errors="replace")
     assert "residual vs tilt" in html and "s2" in html
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--enable-logging=stderr", "--v=0", "--window-size=1400,1000", "--virtual-time-budget=8000"]
+
+
+@pytest.mark.slow
+def test_report_opens_in_headless_chromium_without_console_errors(project, tmp_path):
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        pytest.skip("chromium is not installed (.ci/run installs it with apt-get)")
+    report = project / "report.html"
+    if not report.is_file():
+        snakemake(project, "--configfile", "my.yaml", "--report", "report.html")
+    shot = REPO / "benchmarks" / "out" / "report.png"  # kept for people to look at
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          f"--screenshot={shot}", report.as_uri()], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert shot.is_file() and shot.stat().st_size > 10_000
+    errors = [ln for ln in res.stderr.splitlines()
+              if ("CONSOLE" in ln and ":ERROR:" in ln) or "Uncaught" in ln]
+    assert not errors, "\n".join(errors)

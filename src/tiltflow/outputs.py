@@ -143,6 +143,11 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
         "excluded_views": prepared.excluded_views,
         "empty_view_handling": "all parameters interpolated over tilt from neighbouring views",
         "downweighted_observations": int(((state.weight > 0) & (state.weight < 0.5)).sum()),
+        "downweighted": [
+            {"marker": str(s.marker_ids[s.obs.marker_index[k]]), "view": int(s.obs.view_index[k]),
+             "weight": float(state.weight[k])}
+            for k in np.flatnonzero(state.weight < 0.5)
+        ],
         "status": state.stages[-1].message if state.stages else "",
     }
     if coarse:
