@@ -85,11 +85,8 @@ def leave_out(series, state, options):
     -------
     LeaveOut
     """
-    obs = series.obs.with_weight(series.obs.weight * state.weight)
-    layout = stage_layout("polish", series, state, options)
-    problem = BundleProblem(obs, layout, "auto", compiled=True)
+    obs, layout, _, ne = _normal_equations(series, state, options)
     views, points = state.views, state.points_xyz_px
-    _, ne = problem.linearize((views, points))
     st = ne.structure
     m = st.n_kept
     pred, jv, jp = projection.project_with_jacobian(points, views, obs.marker_index, obs.view_index, obs.centre_xy_px)
@@ -144,6 +141,14 @@ def leave_out(series, state, options):
     return LeaveOut(loo, lev, undetermined, error, imod, imod_error)
 
 
+def _normal_equations(series, state, options):
+    """Weighted observations, the polish-stage layout, and cost and normal equations at ``state``."""
+    obs = series.obs.with_weight(series.obs.weight * state.weight)
+    layout = stage_layout("polish", series, state, options)
+    cost, ne = BundleProblem(obs, layout, "auto", compiled=True).linearize((state.views, state.points_xyz_px))
+    return obs, layout, cost, ne
+
+
 def _covariance_blocks(ne):
     """Blocks of ``(J^T J)^-1`` through the Schur complement.
 
@@ -190,10 +195,7 @@ class StandardErrors:
 
 def standard_errors(series, state, options):
     """Standard errors ``sigma * sqrt(diag((J^T J)^-1))`` of the polish-stage parameters."""
-    obs = series.obs.with_weight(series.obs.weight * state.weight)
-    layout = stage_layout("polish", series, state, options)
-    problem = BundleProblem(obs, layout, "auto", compiled=True)
-    cost, ne = problem.linearize((state.views, state.points_xyz_px))
+    obs, layout, cost, ne = _normal_equations(series, state, options)
     hee_inv, w, s_inv = _covariance_blocks(ne)
     diag_e = np.einsum("gbb->gb", hee_inv) + (np.einsum("gbm,mn,gbn->gb", w, s_inv, w) if w.shape[2] else 0.0)
     diag_k = np.diag(s_inv).copy()

@@ -40,25 +40,23 @@ STAGE_KEYS = {
 def stage_params(stage, config):
     """The config values ``stage`` depends on, as a flat dict."""
     merged = dict(config.get("align", {}))
-    merged["robust"] = bool(config.get("robust", True))
+    merged["robust"] = config.get("robust")  # None: the AlignOptions default
     merged["coarse"] = dict(config.get("coarse", {}))
     return {k: merged.get(k) for k in STAGE_KEYS[stage]}
 
 
+def _from_config(cls, values, names=None):
+    """``cls`` built from the config ``values`` that are given (not None) and are its fields;
+    the dataclass's own defaults stand for the rest.  ``names`` maps config keys to field names."""
+    names = names or {}
+    fields = cls.__dataclass_fields__
+    kwargs = {names.get(k, k): v for k, v in values.items() if v is not None}
+    return cls(**{k: v for k, v in kwargs.items() if k in fields})
+
+
 def align_options(params):
     """:class:`AlignOptions` from a (partial) flat dict of config values."""
-    lm = LMOptions(
-        max_iterations=int(params.get("max_iterations") or 200),
-        ftol=float(params.get("ftol") or 1e-10),
-    )
-    return align.AlignOptions(
-        rotation=params.get("rotation") or "per_view",
-        scale=params.get("scale") or "per_view",
-        tilt=params.get("tilt") or "per_view",
-        reference_view=params.get("reference_view"),
-        robust=bool(params.get("robust", True)),
-        lm=lm,
-    )
+    return _from_config(align.AlignOptions, {**params, "lm": _from_config(LMOptions, params)})
 
 
 def import_markers(row, out_prepared):
@@ -73,8 +71,7 @@ def import_markers(row, out_prepared):
 
 def coarse_options(params):
     """:class:`CoarseOptions` from the ``coarse`` config section."""
-    c = dict(params.get("coarse") or {})
-    return CoarseOptions(**{k: v for k, v in c.items() if k in CoarseOptions.__dataclass_fields__})
+    return _from_config(CoarseOptions, dict(params.get("coarse") or {}))
 
 
 def align_coarse(prepared_path, params, out_state, out_coarse_xf):
@@ -276,17 +273,8 @@ def simulate_demo_stack(name, out_stack):
 
 def recon_options(config):
     """:class:`ReconOptions` from the ``reconstruct`` config section."""
-    r = dict(config.get("reconstruct") or {})
-    return ReconOptions(
-        thickness_px=int(r.get("thickness", 300)),
-        binning=int(r.get("binning", 1)),
-        z_offset_px=float(r.get("z_offset", 0.0)),
-        lowpass_cutoff=float(r.get("lowpass_cutoff", 0.35)),
-        lowpass_sigma=float(r.get("lowpass_sigma", 0.035)),
-        sirt_iterations=int(r.get("sirt_iterations", 0)),
-        slab_rows=int(r.get("slab_rows", 64)),
-        dtype=str(r.get("dtype", "float32")),
-    )
+    return _from_config(ReconOptions, dict(config.get("reconstruct") or {}),
+                        {"thickness": "thickness_px", "z_offset": "z_offset_px"})
 
 
 def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_json, threads=1):
