@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from tiltflow import reconstruct
@@ -38,18 +39,22 @@ def geometry(n_views, size):
     return xf, tilt
 
 
-def throughput(size=512, thickness=200, n_views=61, repeats=3):
+def throughput(size=512, thickness=200, n_views=61, repeats=3, oversampling=(16, 32)):
     rng = np.random.default_rng(0)
     views = rng.normal(size=(n_views, size, size)).astype(np.float32)
     xf, tilt = geometry(n_views, size)
-    opts = reconstruct.ReconOptions(thickness_px=thickness, slab_rows=64)
     reconstruct.reconstruct(views[:, :64, :64], xf, tilt, reconstruct.ReconOptions(thickness_px=8))  # JIT
-    rates = []
-    for _ in range(repeats):
-        _, st = reconstruct.reconstruct(views, xf, tilt, opts)
-        rates.append(st["voxels"] * st["views"] / st["seconds"])
-    out = {"size": size, "thickness": thickness, "views": n_views, "updates_per_second": float(np.median(rates)),
-           "filter_seconds": st["filter_seconds"], "backprojection_seconds": st["seconds"]}
+    out = {"size": size, "thickness": thickness, "views": n_views, "threads": numba.get_num_threads()}
+    for q in oversampling:
+        opts = reconstruct.ReconOptions(thickness_px=thickness, slab_rows=64, oversampling=q)
+        rates = []
+        for _ in range(repeats):
+            _, st = reconstruct.reconstruct(views, xf, tilt, opts)
+            rates.append(st["voxels"] * st["views"] / st["seconds"])
+        out[f"oversampling_{q}"] = {"updates_per_second": float(np.median(rates)),
+                                    "backprojection_seconds": st["seconds"]}
+    out["updates_per_second"] = out[f"oversampling_{oversampling[0]}"]["updates_per_second"]
+    out["filter_seconds"] = st["filter_seconds"]
     try:
         from skimage.transform import iradon
     except ImportError:
@@ -99,12 +104,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--big", action="store_true", help="also the 2048 x 2048 x 500 memory run")
     ap.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=512, help="view size and tomogram width (throughput run)")
+    ap.add_argument("--thickness", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "reconstruct.json"))
     args = ap.parse_args()
     if args.child:
         big_child(*args.child)
         return
-    report = {"throughput": throughput()}
+    report = {"throughput": throughput(args.size, args.thickness, repeats=args.repeats)}
     print(json.dumps(report, indent=1))
     if args.big:
         res = subprocess.run([sys.executable, __file__, "--child", "2048", "500", "61"], capture_output=True,

@@ -37,12 +37,53 @@ def test_compiled_and_numpy_paths_agree_and_slabs_do_not_matter(scene):
     small = lin[:, 64:192, 64:192].copy()  # a 128 x 128 field keeps the numpy path quick
     opts = reconstruct.ReconOptions(thickness_px=40, slab_rows=128)
     a, stats = reconstruct.reconstruct(small, xf, tilt, opts)
-    b, _ = reconstruct.reconstruct(small, xf, tilt, opts, compiled=False)
+    b, _ = reconstruct.reconstruct(small, xf, tilt, opts, kernel="numpy")
     c, _ = reconstruct.reconstruct(small, xf, tilt, reconstruct.ReconOptions(thickness_px=40, slab_rows=7))
     scale = np.abs(a).max()
     assert np.abs(a - b).max() <= 1e-5 * scale
     assert np.abs(a - c).max() <= 1e-6 * scale
     assert stats["voxels"] == 40 * 128 * 128 and stats["views"] == 41
+
+
+def test_line_tables_round_positions_by_at_most_half_a_table_step(scene):
+    """Against exact per-voxel positions: the difference shrinks as 1 / oversampling and stays small."""
+    sim, _, lin = scene
+    xf = projection.views_to_xf(sim.views)
+    tilt = np.rad2deg(sim.views[:, 0])
+    small = lin[:, 64:192, 64:192].copy()
+    exact, _ = reconstruct.reconstruct(small, xf, tilt, reconstruct.ReconOptions(thickness_px=40), kernel="exact")
+    rel = {}
+    for q in (4, 16, 64):
+        v, _ = reconstruct.reconstruct(small, xf, tilt, reconstruct.ReconOptions(thickness_px=40, oversampling=q))
+        rel[q] = float(np.sqrt(np.mean((v - exact) ** 2)) / exact.std())
+    print("RMS difference from exact positions / tomogram SD:", rel)
+    assert rel[16] < 0.03
+    # rounding error ~ 1 / oversampling: each 4x finer table cuts it 3-5x
+    assert 3.0 < rel[4] / rel[16] < 5.0 and 3.0 < rel[16] / rel[64] < 5.0
+    assert ncc(exact, v) > 0.9999  # v: oversampling 64
+
+
+def test_line_tables_layout_and_checks():
+    """Every plane's run of entries fits the table; a geometry that is not a tilt about y is refused."""
+    opts = reconstruct.ReconOptions(thickness_px=60, oversampling=8)
+    tilt = np.array([-70.0, -20.0, 0.0, 35.0, 65.0])
+    xf = np.tile([0.98, 0.17, -0.17, 0.98, 4.0, -3.0], (5, 1))
+    grid = reconstruct.grid_matrix((100, 120), opts)
+    mats = reconstruct.view_matrices(xf, tilt, (100, 120), grid, 1)
+    t = reconstruct.line_tables(mats, 60, 120, 8)
+    np.testing.assert_allclose(t.ratio, np.tan(np.deg2rad(tilt)), rtol=1e-12, atol=1e-12)
+    step = np.hypot(mats[:, 0, 0], mats[:, 1, 0])
+    assert np.all(t.phases >= 8 * step) and np.all(t.phases < 8 * step + 1)
+    # plane k's entries, mapped back to s, are within half a table step of ratio * k
+    s = t.s_min[:, None] + t.offsets / t.phases[:, None]
+    assert np.abs(s - t.ratio[:, None] * np.arange(60)).max() <= 0.5 / t.phases.min() + 1e-12
+    assert np.all((t.offsets // t.phases[:, None]).max(axis=1) + 120 <= t.span)
+    bent = mats.copy()
+    bent[2, 1, 2] += 0.1
+    with pytest.raises(ValueError, match="view 2: voxel x and z steps are not parallel"):
+        reconstruct.line_tables(bent, 60, 120, 8)
+    with pytest.raises(ValueError, match="oversampling"):
+        reconstruct.ReconOptions(oversampling=0)
 
 
 def test_fidelity_with_the_solved_alignment_matches_the_true_geometry(scene):
@@ -51,7 +92,8 @@ def test_fidelity_with_the_solved_alignment_matches_the_true_geometry(scene):
     opts = reconstruct.ReconOptions(thickness_px=80, binning=2)
     shape = reconstruct.volume_shape((256, 256), opts)
     grid_truth = reconstruct.grid_matrix((256, 256), opts)
-    truth = simulate.render_volume(*simulate.specimen(sim, SPEC.thickness_px, RENDER), grid_truth, shape)
+    centres, sigma, density = simulate.specimen(sim, SPEC.thickness_px, RENDER)
+    truth = simulate.render_volume(centres, sigma, density, grid_truth, shape)
     ideal, _ = reconstruct.reconstruct(lin, projection.views_to_xf(sim.views), np.rad2deg(sim.views[:, 0]), opts)
     # the marker solution, in its own output frame
     series = series_from_sim(sim, tilt_axis_deg=-5.0)
@@ -64,12 +106,11 @@ def test_fidelity_with_the_solved_alignment_matches_the_true_geometry(scene):
     rot = u @ np.diag([1, 1, np.sign(np.linalg.det(u @ vt))]) @ vt
     scale = s.sum() / (pc**2).sum()
     t = q.mean(0) - scale * rot @ p.mean(0)
-    to_solved = np.concatenate([scale * rot, t[:, None]], axis=1)  # truth frame -> solved frame
-    grid_solved = to_solved[:, :3] @ grid_truth
-    grid_solved[:, 3] += to_solved[:, 3]
-    solved, _ = reconstruct.reconstruct(lin, projection.views_to_xf(views), np.rad2deg(views[:, 0]), opts,
-                                        grid=grid_solved, shape=shape)
-    r_ideal, r_solved = ncc(ideal, truth), ncc(solved, truth)
+    # the truth as it lies in the solved frame, on the same voxel grid as the reconstruction
+    truth_solved = simulate.render_volume(centres @ (scale * rot).T + t, sigma * scale, density * scale,
+                                          grid_truth, shape)
+    solved, _ = reconstruct.reconstruct(lin, projection.views_to_xf(views), np.rad2deg(views[:, 0]), opts)
+    r_ideal, r_solved = ncc(ideal, truth), ncc(solved, truth_solved)
     print(f"NCC with truth: true geometry {r_ideal:.4f}, solved alignment {r_solved:.4f} "
           f"(ratio {r_solved / r_ideal:.4f})")
     assert r_ideal > 0.5

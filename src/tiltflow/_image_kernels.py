@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 
 @njit(cache=True, parallel=True)
@@ -38,67 +39,126 @@ def affine_bilinear(img, m, offset, out):  # pragma: no cover - compiled
             out[r, c] = acc
 
 
-@njit(cache=True, parallel=True, fastmath=True, error_model="numpy")
-def backproject(views, matrices, weights, z0, out):  # pragma: no cover - compiled
-    """Accumulate bilinear samples of every view into a block of voxels.
+@intrinsic
+def _load(typingctx, arr, idx):  # pragma: no cover - compiled
+    """``arr[idx]`` for a C-contiguous 1-D array and an int32 index known to be in bounds.
+
+    A plain load: numba's own indexing adds negative-index wrap-around
+    code to every access, which doubles the instruction count of the
+    table-filling loop.
+    """
+    sig = types.float32(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.load(builder.gep(ary.data, [args[1]], inbounds=True))
+
+    return sig, codegen
+
+
+# fast math without reassociation: the float32 sums keep their order, as in the numpy twin
+_MATH = {"nnan", "ninf", "nsz", "arcp", "afn", "contract"}
+
+
+@njit(cache=True, parallel=True, fastmath=_MATH, error_model="numpy")
+def backproject_lines(views, matrices, weights, phases, s_min, span, offsets, out):  # pragma: no cover - compiled
+    """Accumulate every view into a slab of voxels through per-row line tables.
+
+    For view ``j`` and voxel row ``iy`` every voxel ``(ix, iy, k)`` projects
+    onto one line of the raw view, ``pos = m[:, 3] + iy m[:, 1] + s m[:, 0]``
+    with ``s = ix + ratio_j k``.  The line is sampled (bilinear, zero
+    outside the view) at ``s = s_min + q / P`` into a table stored
+    phase-major, ``table[q % P, q // P]``, so that the voxels of one z plane
+    read ``P``-strided entries as one contiguous run: ``table[o % P, o // P
+    + ix]`` with ``o = offsets[j, k]``.  Each voxel thus receives one
+    bilinear sample per view, at a position rounded to the nearest
+    ``1 / P`` of the line step.
 
     Parameters
     ----------
-    views : float32 (n_views, ny, nx)
-        Filtered views.
+    views : float32 (n_views, ny + 3, nx + 3)
+        Filtered views with one zero row/column before and two after.
     matrices : float64 (n_views, 2, 4)
-        Voxel index ``(ix, iy, iz, 1)`` -> view position ``(col, row)``
-        (array index coordinates, pixel centres at integers).
+        Voxel index ``(ix, iy, iz, 1)`` -> padded view index position ``(col, row)``.
     weights : float64 (n_views,)
-    z0 : int
-        Index of the block's first z plane in the full volume.
-    out : float32 (nz_block, ny_block, nx)
+    phases, span : int64 (n_views,)
+        Table phases ``P`` and entries per phase ``L``.
+    s_min : float64 (n_views,)
+        Line parameter of the first table entry.
+    offsets : int64 (n_views, nz)
+        ``round((ratio k - s_min) P)`` per view and z plane.
+    out : float32 (nz, ny_block, nx)
         Accumulated into.
     """
-    n_views, ny, nx = views.shape
+    n = views.shape[0]
+    nyp, nxp = views.shape[1], views.shape[2]
     nzb, nyb, nxb = out.shape
-    flat_views = views.reshape(n_views, ny * nx)
-    for k in prange(nzb):
-        iz = z0 + k
-        # per-thread scratch: the index/fraction pass vectorises, the gather pass stays simple
-        idx = np.empty(nxb, dtype=np.int32)
-        fcs = np.empty(nxb, dtype=np.float32)
-        frs = np.empty(nxb, dtype=np.float32)
-        for j in range(n_views):
+    flat_views = views.reshape(n, nyp * nxp)
+    maxsize = 0
+    for j in range(n):
+        maxsize = max(maxsize, phases[j] * span[j])
+    nxi = np.int32(nxp)
+    for iy in prange(nyb):
+        acc = np.zeros((nzb, nxb), dtype=np.float32)  # contiguous: out[:, iy] has a power-of-two stride
+        buf = np.empty(maxsize, dtype=np.float32)
+        for j in range(n):
             m = matrices[j]
-            w = np.float32(weights[j])
+            p_j = phases[j]
+            nq = p_j * span[j]
+            table = buf[:nq].reshape((p_j, span[j]))
+            table[:, :] = 0.0
             flat = flat_views[j]
-            for iy in range(nyb):
-                row = out[k, iy]
-                c0 = m[0, 1] * iy + m[0, 2] * iz + m[0, 3]
-                r0 = m[1, 1] * iy + m[1, 2] * iz + m[1, 3]
-                dc = m[0, 0]
-                dr = m[1, 0]
-                # the ix range whose samples lie inside [0, nx - 1) x [0, ny - 1)
-                lo, hi = 0.0, float(nxb)
-                lo, hi = _clip_range(c0, dc, nx - 1.0, lo, hi)
-                lo, hi = _clip_range(r0, dr, ny - 1.0, lo, hi)
-                i0 = max(0, int(np.ceil(lo)))
-                i1 = min(nxb, int(np.floor(hi)) + 1)
-                c0f = np.float32(c0)
-                r0f = np.float32(r0)
-                dcf = np.float32(dc)
-                drf = np.float32(dr)
-                for ix in range(i0, i1):
-                    c = c0f + dcf * np.float32(ix)
-                    r = r0f + drf * np.float32(ix)
-                    c_i = min(max(np.int32(c), np.int32(0)), np.int32(nx - 2))
-                    r_i = min(max(np.int32(r), np.int32(0)), np.int32(ny - 2))
-                    fcs[ix] = c - np.float32(c_i)
-                    frs[ix] = r - np.float32(r_i)
-                    idx[ix] = r_i * np.int32(nx) + c_i
-                for ix in range(i0, i1):
-                    p = idx[ix]
-                    a = flat[p]
-                    top = a + fcs[ix] * (flat[p + 1] - a)
-                    b = flat[p + nx]
-                    bot = b + fcs[ix] * (flat[p + nx + 1] - b)
-                    row[ix] += w * (top + frs[ix] * (bot - top))
+            w = np.float32(weights[j])
+            c0 = m[0, 1] * iy + m[0, 3] + m[0, 0] * s_min[j]
+            r0 = m[1, 1] * iy + m[1, 3] + m[1, 0] * s_min[j]
+            dc = m[0, 0] / p_j
+            dr = m[1, 0] / p_j
+            lo, hi = _clip_range(c0, dc, nxp - 1.0, 0.0, float(nq))
+            lo, hi = _clip_range(r0, dr, nyp - 1.0, lo, hi)
+            q0 = min(nq, max(0, int(np.ceil(lo))))
+            q1 = max(q0, min(nq, int(np.floor(hi)) + 1))
+            # consecutive samples mostly share a pixel cell: its bilinear coefficients are reused
+            cell_c = np.int32(-1)
+            cell_r = np.int32(-1)
+            va = vc = vr = vcr = np.float32(0.0)
+            phi = q0 % p_j
+            i = q0 // p_j
+            for q in range(q0, q1):
+                c = c0 + dc * q
+                r = r0 + dr * q
+                ci = np.int32(c)
+                ri = np.int32(r)
+                if ci != cell_c or ri != cell_r:
+                    cell_c = ci
+                    cell_r = ri
+                    p = np.int32(ri * nxi + ci)
+                    a = _load(flat, p)
+                    b = _load(flat, np.int32(p + 1))
+                    d = _load(flat, np.int32(p + nxi))
+                    e = _load(flat, np.int32(p + nxi + 1))
+                    va = w * a
+                    vc = w * (b - a)
+                    vr = w * (d - a)
+                    vcr = w * (a - b - d + e)
+                fc = np.float32(c - ci)
+                fr = np.float32(r - ri)
+                table[phi, i] = va + fc * (vc + fr * vcr) + fr * vr
+                phi += 1
+                if phi == p_j:
+                    phi = 0
+                    i += 1
+            for k in range(nzb):
+                o = offsets[j, k]
+                a0 = o // p_j
+                trow = table[o % p_j, a0:a0 + nxb]
+                row = acc[k]
+                for ix in range(nxb):
+                    row[ix] += trow[ix]
+        for k in range(nzb):
+            orow = out[k, iy]
+            arow = acc[k]
+            for ix in range(nxb):
+                orow[ix] += arow[ix]
 
 
 @njit(cache=True, inline="always")

@@ -6,11 +6,25 @@ filtered in 2D Fourier space with a ramp along the direction perpendicular
 to the tilt axis *in that raw view* (no resampling), times a radial
 low-pass (IMOD's RADIAL cut-off and fall-off) and, optionally, the filter
 that makes one back-projection behave like ``n`` SIRT/Landweber
-iterations.  Every voxel then samples every filtered view once, at the
-position the alignment (``.xf`` and ``.tlt``) projects it to: the view's
-transform, the tilt and the binning are composed into one 2x4 matrix per
-view.  The volume is built in slabs along y, so memory is a few slabs
-plus the filtered views.
+iterations.  Every voxel then receives one bilinear sample of every
+filtered raw view, at the position the alignment (``.xf`` and ``.tlt``)
+projects it to: the view's transform, the tilt and the binning are
+composed into one 2x4 matrix per view.  No aligned stack is made.
+
+How the samples are taken (the speed): for one view and one voxel row y,
+all voxels project onto one straight line of the raw view (the tilt is
+about y), at line parameter ``s = ix + tan(t) iz``.  The line is sampled
+bilinearly every ``1 / P`` step, ``P = ceil(oversampling x step length in
+pixels)``, and each voxel takes the table entry nearest to its own ``s``;
+the table is stored phase-major so that one z plane reads one contiguous
+run (vectorised adds, no gathers).  A voxel's sample is therefore the
+exact bilinear value at a position moved by at most ``1 / (2
+oversampling)`` binned pixel along the line (the default 16: 0.031 px),
+like the fixed-point positions of GPU texture sampling.  ``kernel="exact"``
+samples every voxel at its exact position (slow; the reference).
+
+The volume is built in slabs along y, so memory is a few slabs plus the
+filtered views.
 
 Frames: a voxel at ``(x, y, z)`` (unbinned pixels, origin on the tilt axis
 at the centre of the aligned images, as in the ``.xyz`` file) is seen in
@@ -58,6 +72,9 @@ class ReconOptions:
         Edge taper of each view, fraction of each side.
     slab_rows : int
         Rows (binned y) reconstructed at a time.
+    oversampling : int
+        Table samples per binned pixel along each projection line; sample
+        positions are exact to ``1 / (2 oversampling)`` pixel.
     dtype : {"float32", "float16"}
     """
 
@@ -69,6 +86,7 @@ class ReconOptions:
     sirt_iterations: int = 0
     taper_fraction: float = 0.05
     slab_rows: int = 64
+    oversampling: int = 16
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -82,6 +100,8 @@ class ReconOptions:
             raise ValueError(f"slab_rows must be >= 1, got {self.slab_rows!r}")
         if not 0 < self.lowpass_cutoff <= 0.5:
             raise ValueError(f"lowpass_cutoff must be in (0, 0.5] cycles/pixel, got {self.lowpass_cutoff!r}")
+        if not 1 <= self.oversampling <= 256:
+            raise ValueError(f"oversampling must be in [1, 256] samples per pixel, got {self.oversampling!r}")
         if self.sirt_iterations < 0:
             raise ValueError(f"sirt_iterations must be >= 0, got {self.sirt_iterations!r}")
 
@@ -192,20 +212,108 @@ def tilt_weights(tilt_deg):
     return out
 
 
-def backproject_numpy(views, matrices, weights, z0, out):
-    """Pure-numpy twin of the compiled kernel (same sampling, float32 result)."""
+@dataclasses.dataclass(frozen=True)
+class LineTables:
+    """How each view's projection lines are tabulated (see the module docstring).
+
+    Attributes
+    ----------
+    ratio : ndarray (n_views,)
+        ``tan(t)``: the line parameter is ``s = ix + ratio iz``.
+    phases : ndarray of int64 (n_views,)
+        Table samples per unit of ``s`` (``P``).
+    s_min : ndarray (n_views,)
+        ``s`` of the first table entry.
+    span : ndarray of int64 (n_views,)
+        Entries per phase (``L``).
+    offsets : ndarray of int64 (n_views, nz)
+        ``round((ratio iz - s_min) P)``: the table entry of voxel ``ix = 0``
+        in plane ``iz``; plane ``iz`` reads ``table[o % P, o // P + ix]``.
+    """
+
+    ratio: np.ndarray
+    phases: np.ndarray
+    s_min: np.ndarray
+    span: np.ndarray
+    offsets: np.ndarray
+
+
+def line_tables(matrices, nz, nx, oversampling):
+    """Table layout for voxel blocks ``(nz, *, nx)`` seen through ``matrices`` (n, 2, 4).
+
+    Raises ``ValueError`` when a view's x and z columns are not parallel
+    (not a tilt about y) or the view is seen edge-on (|tilt| ~ 90 deg).
+    """
+    m0, m2 = matrices[:, :, 0], matrices[:, :, 2]
+    norm2 = (m0**2).sum(axis=1)
+    step = np.sqrt(norm2)
+    bad = np.flatnonzero(step < 1e-3)
+    if len(bad):
+        raise ValueError(f"view {int(bad[0])}: the voxel x step projects to {step[bad[0]]:.2g} pixel "
+                         "(tilt too close to 90 degrees to back-project)")
+    ratio = (m0 * m2).sum(axis=1) / norm2
+    off_line = np.abs(m2 - ratio[:, None] * m0).max(axis=1)
+    bad = np.flatnonzero(off_line > 1e-9 * (1 + np.abs(m2).max(axis=1)))
+    if len(bad):
+        raise ValueError(f"view {int(bad[0])}: voxel x and z steps are not parallel in the view "
+                         "(the geometry is not a tilt about y)")
+    phases = np.maximum(1, np.ceil(oversampling * step - 1e-9)).astype(np.int64)
+    zspan = ratio * (nz - 1)
+    s_min = np.minimum(0.0, zspan)
+    span = (np.floor(np.maximum(0.0, zspan) - s_min) + nx + 2).astype(np.int64)
+    k = np.arange(nz)
+    offsets = np.floor((ratio[:, None] * k[None, :] - s_min[:, None]) * phases[:, None] + 0.5).astype(np.int64)
+    assert offsets.min() >= 0 and np.all(offsets.max(axis=1) // phases + nx <= span)
+    return LineTables(ratio, phases, s_min, span, offsets)
+
+
+def pad_views(n_views, shape):
+    """Zeroed float32 array for filtered views with the kernels' border: 1 before, 2 after."""
+    return np.zeros((n_views, shape[0] + 3, shape[1] + 3), dtype=np.float32)
+
+
+def backproject_numpy(views, matrices, weights, tables, out):
+    """Pure-numpy twin of the compiled kernel: the same line tables, float32 result.
+
+    ``views`` padded as :func:`pad_views`; ``matrices`` in padded index
+    coordinates; ``tables`` from :func:`line_tables`; ``out`` (nz, rows, nx)
+    accumulated into.
+    """
     nzb, nyb, nxb = out.shape
-    iz, iy, ix = np.meshgrid(np.arange(z0, z0 + nzb), np.arange(nyb), np.arange(nxb), indexing="ij")
+    nyp, nxp = views.shape[1:]
+    acc = np.zeros((nyb, nzb, nxb), dtype=np.float32)
+    iy = np.arange(nyb)[:, None]
+    for j in range(len(views)):
+        m, p_j, span = matrices[j], int(tables.phases[j]), int(tables.span[j])
+        q = np.arange(p_j * span)[None, :]
+        c = (m[0, 1] * iy + m[0, 3] + m[0, 0] * tables.s_min[j]) + (m[0, 0] / p_j) * q
+        r = (m[1, 1] * iy + m[1, 3] + m[1, 0] * tables.s_min[j]) + (m[1, 0] / p_j) * q
+        inside = (c >= 0) & (r >= 0) & (c < nxp - 1) & (r < nyp - 1)
+        vals = scipy.ndimage.map_coordinates(views[j], [r.ravel(), c.ravel()], order=1, mode="constant", cval=0.0)
+        table = (np.float32(weights[j]) * np.where(inside.ravel(), vals, 0.0).astype(np.float32))
+        table = table.reshape(nyb, span, p_j)  # q = i P + phase
+        o = tables.offsets[j]
+        acc += table[:, o[:, None] // p_j + np.arange(nxb)[None, :], (o % p_j)[:, None]]
+    out += acc.transpose(1, 0, 2)
+
+
+def backproject_exact(views, matrices, weights, out):
+    """Reference: every voxel sampled at its exact position (bilinear, numpy; slow).
+
+    Same arguments as :func:`backproject_numpy` without the tables.
+    """
+    nzb, nyb, nxb = out.shape
+    iz, iy, ix = np.meshgrid(np.arange(nzb), np.arange(nyb), np.arange(nxb), indexing="ij")
     hom = np.stack([ix, iy, iz, np.ones_like(ix)]).reshape(4, -1).astype(float)
-    ny, nx = views.shape[1:]
+    nyp, nxp = views.shape[1:]
     for j in range(len(views)):
         col, row = matrices[j] @ hom
-        inside = (col >= 0) & (row >= 0) & (np.floor(col) < nx - 1) & (np.floor(row) < ny - 1)
+        inside = (col >= 0) & (row >= 0) & (col < nxp - 1) & (row < nyp - 1)
         vals = scipy.ndimage.map_coordinates(views[j], [row, col], order=1, mode="constant", cval=0.0)
         out += (weights[j] * np.where(inside, vals, 0.0)).reshape(out.shape).astype(np.float32)
 
 
-def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_slab=None, compiled=True,
+def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_slab=None, kernel="numba",
                 grid=None, shape=None):
     """Weighted back-projection of a tilt series.
 
@@ -223,8 +331,10 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
     write_slab : callable, optional
         ``write_slab(y0, block)`` receives each finished slab ``(nz, rows, nx)``;
         without it the whole volume is returned.
-    compiled : bool
-        numba kernel (default) or the numpy path.
+    kernel : {"numba", "numpy", "exact"}
+        The compiled line-table kernel (default), its numpy twin (same
+        tables, same result to float32 precision), or exact per-voxel
+        positions (numpy, slow; the reference for the table's rounding).
     grid : ndarray (3, 4), optional
         Voxel index -> frame position; default :func:`grid_matrix`.
     shape : (nz, ny, nx), optional
@@ -237,8 +347,10 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
     stats : dict
         ``seconds`` (back-projection), ``filter_seconds``, ``voxels``, ``views``.
     """
-    from ._image_kernels import backproject
+    from ._image_kernels import backproject_lines
 
+    if kernel not in ("numba", "numpy", "exact"):
+        raise ValueError(f"kernel must be 'numba', 'numpy' or 'exact', got {kernel!r}")
     n = len(tilt_deg)
     usable = np.ones(n, dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
     idx = np.flatnonzero(usable)
@@ -246,16 +358,19 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
     image_shape = first.shape
     b = options.binning
     t0 = time.perf_counter()
-    filtered = np.empty((len(idx),) + (image_shape[0] // b, image_shape[1] // b), dtype=np.float32)
+    binned_shape = (image_shape[0] // b, image_shape[1] // b)
+    filtered = pad_views(len(idx), binned_shape)
     for k, j in enumerate(idx):
-        filtered[k] = filter_view(bin_image(np.asarray(views[int(j)], dtype=np.float32), b),
-                                  perpendicular_direction(xf[j]), options)
+        filtered[k, 1:-2, 1:-2] = filter_view(bin_image(np.asarray(views[int(j)], dtype=np.float32), b),
+                                              perpendicular_direction(xf[j]), options)
     filter_seconds = time.perf_counter() - t0
     shape = shape or volume_shape(image_shape, options)
     grid = grid_matrix(image_shape, options) if grid is None else grid
     mats = view_matrices(xf[idx], np.asarray(tilt_deg)[idx], image_shape, grid, b)
+    mats[:, :, 3] += 1.0  # the padded views' border
     weights = tilt_weights(np.asarray(tilt_deg)[idx]) * 0.5  # ramp and interval: sum approximates the inverse
     nz, ny, nx = shape
+    tables = line_tables(mats, nz, nx, options.oversampling)
     volume = None if write_slab else np.empty(shape, dtype=options.dtype)
     seconds = 0.0
     for y0 in range(0, ny, options.slab_rows):
@@ -264,16 +379,19 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
         m = mats.copy()
         m[:, :, 3] += m[:, :, 1] * y0  # fold the slab's first row into the offsets
         t1 = time.perf_counter()
-        if compiled:
-            backproject(filtered, m, weights, 0, block)
+        if kernel == "numba":
+            backproject_lines(filtered, m, weights, tables.phases, tables.s_min, tables.span, tables.offsets, block)
+        elif kernel == "numpy":
+            backproject_numpy(filtered, m, weights, tables, block)
         else:
-            backproject_numpy(filtered, m, weights, 0, block)
+            backproject_exact(filtered, m, weights, block)
         seconds += time.perf_counter() - t1
         if write_slab:
             write_slab(y0, block.astype(options.dtype))
         else:
             volume[:, y0:y0 + rows] = block
-    stats = {"seconds": seconds, "filter_seconds": filter_seconds, "voxels": int(nz * ny * nx), "views": int(len(idx))}
+    stats = {"seconds": seconds, "filter_seconds": filter_seconds, "voxels": int(nz * ny * nx), "views": int(len(idx)),
+             "oversampling": int(options.oversampling)}
     log.info("back-projection: %d voxels x %d views in %.2f s (%.3g voxel-view updates/s); filtering %.2f s",
              stats["voxels"], stats["views"], seconds, stats["voxels"] * stats["views"] / max(seconds, 1e-9),
              filter_seconds)
