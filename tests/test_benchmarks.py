@@ -27,3 +27,13 @@ def test_coarse_benchmark_runs(tmp_path):
     report = json.loads(out.read_text())
     assert report["shift_error_px"] <= 1.0
     assert abs(report["tilt_axis_estimate_deg"] - report["tilt_axis_true_deg"]) <= 1.0
+
+
+@pytest.mark.slow
+def test_reconstruct_benchmark_runs(tmp_path):
+    out = tmp_path / "reconstruct.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_reconstruct.py"), "--size", "192",
+                    "--thickness", "64", "--repeats", "1", "--out", str(out)], check=True, capture_output=True)
+    report = json.loads(out.read_text())["throughput"]
+    assert report["views"] == 61 and report["size"] == 192
+    assert report["oversampling_16"]["updates_per_second"] > 0 and report["oversampling_32"]["updates_per_second"] > 0

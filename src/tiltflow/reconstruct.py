@@ -36,6 +36,7 @@ Tomogram arrays are ``data[z, y, x]``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 
@@ -172,21 +173,29 @@ def filter_view(img, axis_dir_xy, options):
     w = taper_window(img.shape, options.taper_fraction)
     x = (img - (img * w).sum() / w.sum()) * w
     py, px = scipy.fft.next_fast_len(2 * ny), scipy.fft.next_fast_len(2 * nx, real=True)
-    f = scipy.fft.rfft2(x, s=(py, px), workers=-1)
-    fy = np.fft.fftfreq(py)[:, None]
-    fx = np.fft.rfftfreq(px)[None, :]
-    k_perp = np.abs(fx * axis_dir_xy[0] + fy * axis_dir_xy[1])
-    r = np.hypot(fx, fy)
-    filt = k_perp.copy()
+    f = scipy.fft.rfft2(x.astype(np.float32), s=(py, px), workers=-1)  # complex64
+    fx, fy, lowpass = _frequency_grids(py, px, options.lowpass_cutoff, options.lowpass_sigma)
+    k_perp = np.abs(fx * np.float32(axis_dir_xy[0]) + fy * np.float32(axis_dir_xy[1]))
     if options.sirt_iterations:
         # Landweber after n iterations with step a: |k| (1 - (1 - a / |k|)^n), a = the lowest frequency
         a = 1.0 / max(px, py)
         safe = np.maximum(k_perp, a)
-        filt = np.where(k_perp > 0, safe * (1.0 - (1.0 - a / safe) ** options.sirt_iterations), 0.0)
-    filt *= np.where(r <= options.lowpass_cutoff, 1.0,
-                     np.exp(-((r - options.lowpass_cutoff) ** 2) / (2 * options.lowpass_sigma**2)))
-    out = scipy.fft.irfft2(f * filt, s=(py, px), workers=-1)[:ny, :nx]
-    return out.astype(np.float32)
+        k_perp = np.where(k_perp > 0, safe * (1.0 - (1.0 - a / safe) ** options.sirt_iterations), 0.0)
+    f *= (k_perp * lowpass).astype(np.float32)
+    return scipy.fft.irfft2(f, s=(py, px), workers=-1)[:ny, :nx].astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _frequency_grids(py, px, cutoff, sigma):
+    """``fx`` (1, px // 2 + 1), ``fy`` (py, 1) in cycles/pixel and the radial low-pass (py, px // 2 + 1), float32."""
+    fy = np.fft.fftfreq(py)[:, None]
+    fx = np.fft.rfftfreq(px)[None, :]
+    r = np.hypot(fx, fy)
+    lowpass = np.where(r <= cutoff, 1.0, np.exp(-((r - cutoff) ** 2) / (2 * sigma**2)))
+    out = fx.astype(np.float32), fy.astype(np.float32), lowpass.astype(np.float32)
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 def perpendicular_direction(xf_row):
