@@ -17,3 +17,14 @@ rule summarize:
         "../envs/tiltflow.yaml"
     script:
         "../scripts/summarize.py"
+
+
+# After a run with failures (e.g. --keep-going): what finished, what failed and where to look.
+onerror:
+    from tiltflow.steps import partial_summary
+
+    partial_summary(SERIES, "results/summary.partial.tsv")
+
+
+onsuccess:
+    Path("results/summary.partial.tsv").unlink(missing_ok=True)

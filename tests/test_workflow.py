@@ -127,6 +127,19 @@ def test_one_bad_series_does_not_stop_the_others(tmp_path):
     assert not (tmp_path / "results/bad/summary.json").exists()
     log = (tmp_path / "logs/bad/import_markers.log").read_text()
     assert "bad/m.csv: line 6: view 99 is outside the tilt list" in log
+    # what finished, what failed and where to look
+    assert not (tmp_path / "results/summary.tsv").exists()
+    partial = pd.read_csv(tmp_path / "results/summary.partial.tsv", sep="\t").set_index("series")
+    assert partial.loc["good", "outcome"] == "done" and partial.loc["good", "rms"] > 0
+    assert partial.loc["bad", "outcome"] == "failed"
+    assert partial.loc["bad", "failed_log"] == "logs/bad/import_markers.log"
+    assert "view 99 is outside the tilt list" in partial.loc["bad", "error"]
+    # fixing the bad series: the run completes, the partial table goes
+    lines = (bad / "m.csv").read_text().splitlines()
+    (bad / "m.csv").write_text("\n".join(ln for ln in lines if ln != "3,99,100.0,100.0") + "\n")
+    snakemake(tmp_path, "--configfile", "c.yaml")
+    assert (tmp_path / "results/summary.tsv").is_file()
+    assert not (tmp_path / "results/summary.partial.tsv").exists()
 
 
 def test_bad_config_is_refused(project):
