@@ -57,6 +57,19 @@ def _load(typingctx, arr, idx):  # pragma: no cover - compiled
 
 
 # fast math without reassociation: the float32 sums keep their order, as in the numpy twin
+@intrinsic
+def _store(typingctx, arr, idx, val):  # pragma: no cover - compiled
+    """``arr[idx] = val`` for a C-contiguous 1-D float32 array and an index known to be in bounds."""
+    sig = types.void(arr, idx, val)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        builder.store(args[2], builder.gep(ary.data, [args[1]], inbounds=True))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 _MATH = {"nnan", "ninf", "nsz", "arcp", "afn", "contract"}
 
 
@@ -74,7 +87,7 @@ def backproject_lines(views, matrices, weights, phases, s_min, span, offsets, ou
     bilinear sample per view, at a position rounded to the nearest
     ``1 / P`` of the line step.  Within one pixel cell the bilinear value
     along the line is a quadratic in ``q``; the table is filled cell by
-    cell with forward differences (float64), four pixel loads per cell.
+    cell from that quadratic (float64), four pixel loads per cell.
 
     Parameters
     ----------
@@ -106,8 +119,9 @@ def backproject_lines(views, matrices, weights, phases, s_min, span, offsets, ou
         for j in range(n):
             m = matrices[j]
             p_j = phases[j]
-            nq = p_j * span[j]
-            table = buf[:nq].reshape((p_j, span[j]))
+            span_j = span[j]
+            nq = p_j * span_j
+            table = buf[:nq].reshape((p_j, span_j))
             table[:, :] = 0.0
             flat = flat_views[j]
             w = np.float32(weights[j])
@@ -119,10 +133,12 @@ def backproject_lines(views, matrices, weights, phases, s_min, span, offsets, ou
             lo, hi = _clip_range(r0, dr, nyp - 1.0, lo, hi)
             q0 = min(nq, max(0, int(np.ceil(lo))))
             q1 = max(q0, min(nq, int(np.floor(hi)) + 1))
-            # runs of samples inside one pixel cell: there the bilinear value is a quadratic in q,
-            # stepped by forward differences
+            # runs of samples inside one pixel cell: there the bilinear value is a quadratic in q
             phi = q0 % p_j
             i = q0 // p_j
+            pos = phi * span_j + i  # table[phi, i] in buf
+            inv_dc = 1.0 / dc if dc != 0.0 else 0.0
+            inv_dr = 1.0 / dr if dr != 0.0 else 0.0
             q = q0
             while q < q1:
                 c = c0 + dc * q
@@ -134,13 +150,13 @@ def backproject_lines(views, matrices, weights, phases, s_min, span, offsets, ou
                 # last sample of this cell (at least one sample per run)
                 q_end = q1
                 if dc > 0.0:
-                    q_end = min(q_end, q + int((1.0 - u0) / dc) + 1)
+                    q_end = min(q_end, q + int((1.0 - u0) * inv_dc) + 1)
                 elif dc < 0.0:
-                    q_end = min(q_end, q + int(u0 / -dc) + 1)
+                    q_end = min(q_end, q + int(u0 * -inv_dc) + 1)
                 if dr > 0.0:
-                    q_end = min(q_end, q + int((1.0 - v0) / dr) + 1)
+                    q_end = min(q_end, q + int((1.0 - v0) * inv_dr) + 1)
                 elif dr < 0.0:
-                    q_end = min(q_end, q + int(v0 / -dr) + 1)
+                    q_end = min(q_end, q + int(v0 * -inv_dr) + 1)
                 p = np.int32(ri * nxi + ci)
                 a = _load(flat, p)
                 b = _load(flat, np.int32(p + 1))
@@ -150,17 +166,19 @@ def backproject_lines(views, matrices, weights, phases, s_min, span, offsets, ou
                 vc = w * (b - a)
                 vr = w * (d - a)
                 vcr = w * (a - b - d + e)
-                f = va + vc * u0 + vr * v0 + vcr * u0 * v0
-                f2 = 2.0 * vcr * dc * dr
-                df = vc * dc + vr * dr + vcr * (u0 * dr + v0 * dc) + 0.5 * f2
-                for _ in range(q, q_end):
-                    table[phi, i] = f
-                    f += df
-                    df += f2
+                # f(t) = f0 + t (f1 + t f2), t = q - q_start: no loop-carried sums
+                f0 = va + vc * u0 + vr * v0 + vcr * u0 * v0
+                f2 = vcr * dc * dr
+                f1 = vc * dc + vr * dr + vcr * (u0 * dr + v0 * dc)
+                for t in range(q_end - q):
+                    tf = np.float64(t)
+                    _store(buf, pos, np.float32(f0 + tf * (f1 + tf * f2)))
+                    pos += span_j
                     phi += 1
                     if phi == p_j:
                         phi = 0
                         i += 1
+                        pos = i
                 q = q_end
             for k in range(nzb):
                 o = offsets[j, k]
