@@ -155,6 +155,7 @@ def test_beads_sit_at_the_xyz_positions(scene, tmp_path):
     assert vol.shape == (50, 128, 128)
     stats = json.loads((tmp_path / "tomogram.json").read_text())
     assert stats["voxels"] == vol.size and stats["views"] == 41 and stats["seconds"] > 0
+    assert stats["compile_seconds"] > 0 and stats["oversampling"] == 16
     _, xyz = io.read_xyz(out["xyz"])
     nz = vol.shape[0]
     errors = []
