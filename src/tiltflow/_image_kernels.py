@@ -56,7 +56,6 @@ def _load(typingctx, arr, idx):  # pragma: no cover - compiled
     return sig, codegen
 
 
-# fast math without reassociation: the float32 sums keep their order, as in the numpy twin
 @intrinsic
 def _store(typingctx, arr, idx, val):  # pragma: no cover - compiled
     """``arr[idx] = val`` for a C-contiguous 1-D float32 array and an index known to be in bounds."""
@@ -70,6 +69,7 @@ def _store(typingctx, arr, idx, val):  # pragma: no cover - compiled
     return sig, codegen
 
 
+# fast math without reassociation: the float32 sums keep their order, as in the numpy twin
 _MATH = {"nnan", "ninf", "nsz", "arcp", "afn", "contract"}
 
 
