@@ -74,7 +74,7 @@ _MATH = {"nnan", "ninf", "nsz", "arcp", "afn", "contract"}
 
 
 @njit(cache=True, parallel=True, fastmath=_MATH, error_model="numpy")
-def backproject_lines(views, matrices, weights, phases, s_min, span, offsets, out):  # pragma: no cover - compiled
+def backproject_lines(views, matrices, weights, phases, s_min, span, starts, out):  # pragma: no cover - compiled
     """Accumulate every view into a slab of voxels through per-row line tables.
 
     For view ``j`` and voxel row ``iy`` every voxel ``(ix, iy, k)`` projects
@@ -83,7 +83,8 @@ def backproject_lines(views, matrices, weights, phases, s_min, span, offsets, ou
     outside the view) at ``s = s_min + q / P`` into a table stored
     phase-major, ``table[q % P, q // P]``, so that the voxels of one z plane
     read ``P``-strided entries as one contiguous run: ``table[o % P, o // P
-    + ix]`` with ``o = offsets[j, k]``.  Each voxel thus receives one
+    + ix]`` with ``o = round((ratio_j k - s_min) P)``, which starts at
+    ``starts[j, k] = (o % P) L + o // P`` in the flat table.  Each voxel thus receives one
     bilinear sample per view, at a position rounded to the nearest
     ``1 / P`` of the line step.  Within one pixel cell the bilinear value
     along the line is a quadratic in ``q``; the table is filled cell by
@@ -100,8 +101,8 @@ def backproject_lines(views, matrices, weights, phases, s_min, span, offsets, ou
         Table phases ``P`` and entries per phase ``L``.
     s_min : float64 (n_views,)
         Line parameter of the first table entry.
-    offsets : int64 (n_views, nz)
-        ``round((ratio k - s_min) P)`` per view and z plane.
+    starts : int64 (n_views, nz)
+        Flat table index of voxel ``ix = 0`` per view and z plane.
     out : float32 (nz, ny_block, nx)
         Accumulated into.
     """
@@ -121,8 +122,7 @@ def backproject_lines(views, matrices, weights, phases, s_min, span, offsets, ou
             p_j = phases[j]
             span_j = span[j]
             nq = p_j * span_j
-            table = buf[:nq].reshape((p_j, span_j))
-            table[:, :] = 0.0
+            buf[:nq] = 0.0  # the (P, L) table, flat
             flat = flat_views[j]
             w = np.float32(weights[j])
             c0 = m[0, 1] * iy + m[0, 3] + m[0, 0] * s_min[j]
@@ -181,9 +181,8 @@ def backproject_lines(views, matrices, weights, phases, s_min, span, offsets, ou
                         pos = i
                 q = q_end
             for k in range(nzb):
-                o = offsets[j, k]
-                a0 = o // p_j
-                trow = table[o % p_j, a0:a0 + nxb]
+                st = starts[j, k]
+                trow = buf[st:st + nxb]
                 row = acc[k]
                 for ix in range(nxb):
                     row[ix] += trow[ix]

@@ -238,6 +238,8 @@ class LineTables:
     offsets : ndarray of int64 (n_views, nz)
         ``round((ratio iz - s_min) P)``: the table entry of voxel ``ix = 0``
         in plane ``iz``; plane ``iz`` reads ``table[o % P, o // P + ix]``.
+    starts : ndarray of int64 (n_views, nz)
+        The same entry as an index into the flattened (P, L) table: ``(o % P) L + o // P``.
     """
 
     ratio: np.ndarray
@@ -245,6 +247,7 @@ class LineTables:
     s_min: np.ndarray
     span: np.ndarray
     offsets: np.ndarray
+    starts: np.ndarray
 
 
 def line_tables(matrices, nz, nx, oversampling):
@@ -273,7 +276,8 @@ def line_tables(matrices, nz, nx, oversampling):
     k = np.arange(nz)
     offsets = np.floor((ratio[:, None] * k[None, :] - s_min[:, None]) * phases[:, None] + 0.5).astype(np.int64)
     assert offsets.min() >= 0 and np.all(offsets.max(axis=1) // phases + nx <= span)
-    return LineTables(ratio, phases, s_min, span, offsets)
+    starts = (offsets % phases[:, None]) * span[:, None] + offsets // phases[:, None]
+    return LineTables(ratio, phases, s_min, span, offsets, starts)
 
 
 def pad_views(n_views, shape):
@@ -333,7 +337,7 @@ def _warm_up(kernel):
     mats[0, 0, 0] = mats[0, 1, 1] = 1.0
     mats[0, :, 3] = 1.0
     tables = line_tables(mats, 1, 4, 1)
-    kernel(views, mats, np.ones(1), tables.phases, tables.s_min, tables.span, tables.offsets,
+    kernel(views, mats, np.ones(1), tables.phases, tables.s_min, tables.span, tables.starts,
            np.zeros((1, 1, 4), dtype=np.float32))
     return time.perf_counter() - t0
 
@@ -408,7 +412,7 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
         m[:, :, 3] += m[:, :, 1] * y0  # fold the slab's first row into the offsets
         t1 = time.perf_counter()
         if kernel == "numba":
-            backproject_lines(filtered, m, weights, tables.phases, tables.s_min, tables.span, tables.offsets, block)
+            backproject_lines(filtered, m, weights, tables.phases, tables.s_min, tables.span, tables.starts, block)
         elif kernel == "numpy":
             backproject_numpy(filtered, m, weights, tables, block)
         else:
