@@ -158,6 +158,12 @@ def view_matrices(xf, tilt_deg, image_shape, grid, binning):
     return out
 
 
+#: Views are zero-padded to this many times their size before the 2D filter (the ramp's
+#: wrap-around).  Against 4x padding, on simulated views: 2x differs by 0.036 % RMS,
+#: 1.5x by 0.073 %, 1.25x by 0.14 % (views are tapered and mean-removed first).
+FILTER_PADDING = 1.5
+
+
 def filter_view(img, axis_dir_xy, options):
     """Mean-removed, edge-tapered, ramp-filtered view (float32, same shape).
 
@@ -172,7 +178,8 @@ def filter_view(img, axis_dir_xy, options):
     ny, nx = img.shape
     w = taper_window(img.shape, options.taper_fraction)
     x = (img - (img * w).sum() / w.sum()) * w
-    py, px = scipy.fft.next_fast_len(2 * ny), scipy.fft.next_fast_len(2 * nx, real=True)
+    py = scipy.fft.next_fast_len(int(np.ceil(FILTER_PADDING * ny)))
+    px = scipy.fft.next_fast_len(int(np.ceil(FILTER_PADDING * nx)), real=True)
     f = scipy.fft.rfft2(x.astype(np.float32), s=(py, px), workers=-1)  # complex64
     fx, fy, lowpass = _frequency_grids(py, px, options.lowpass_cutoff, options.lowpass_sigma)
     k_perp = np.abs(fx * np.float32(axis_dir_xy[0]) + fy * np.float32(axis_dir_xy[1]))
