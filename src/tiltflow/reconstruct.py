@@ -292,6 +292,15 @@ def pad_views(n_views, shape):
     return np.zeros((n_views, shape[0] + 3, shape[1] + 3), dtype=np.float32)
 
 
+def _sample(view, col, row):
+    """Bilinear samples of a padded view at array positions, 0 where the kernel skips them
+    (outside ``[0, n - 1)`` in either direction)."""
+    nyp, nxp = view.shape
+    inside = (col >= 0) & (row >= 0) & (col < nxp - 1) & (row < nyp - 1)
+    vals = scipy.ndimage.map_coordinates(view, [row, col], order=1, mode="constant", cval=0.0)
+    return np.where(inside, vals, 0.0)
+
+
 def backproject_numpy(views, matrices, weights, tables, out):
     """Pure-numpy twin of the compiled kernel: the same line tables, float32 result.
 
@@ -300,7 +309,6 @@ def backproject_numpy(views, matrices, weights, tables, out):
     accumulated into.
     """
     nzb, nyb, nxb = out.shape
-    nyp, nxp = views.shape[1:]
     acc = np.zeros((nyb, nzb, nxb), dtype=np.float32)
     iy = np.arange(nyb)[:, None]
     for j in range(len(views)):
@@ -308,9 +316,7 @@ def backproject_numpy(views, matrices, weights, tables, out):
         q = np.arange(p_j * span)[None, :]
         c = (m[0, 1] * iy + m[0, 3] + m[0, 0] * tables.s_min[j]) + (m[0, 0] / p_j) * q
         r = (m[1, 1] * iy + m[1, 3] + m[1, 0] * tables.s_min[j]) + (m[1, 0] / p_j) * q
-        inside = (c >= 0) & (r >= 0) & (c < nxp - 1) & (r < nyp - 1)
-        vals = scipy.ndimage.map_coordinates(views[j], [r.ravel(), c.ravel()], order=1, mode="constant", cval=0.0)
-        table = (np.float32(weights[j]) * np.where(inside.ravel(), vals, 0.0).astype(np.float32))
+        table = np.float32(weights[j]) * _sample(views[j], c.ravel(), r.ravel()).astype(np.float32)
         table = table.reshape(nyb, span, p_j)  # q = i P + phase
         o = tables.offsets[j]
         acc += table[:, o[:, None] // p_j + np.arange(nxb)[None, :], (o % p_j)[:, None]]
@@ -325,12 +331,9 @@ def backproject_exact(views, matrices, weights, out):
     nzb, nyb, nxb = out.shape
     iz, iy, ix = np.meshgrid(np.arange(nzb), np.arange(nyb), np.arange(nxb), indexing="ij")
     hom = np.stack([ix, iy, iz, np.ones_like(ix)]).reshape(4, -1).astype(float)
-    nyp, nxp = views.shape[1:]
     for j in range(len(views)):
         col, row = matrices[j] @ hom
-        inside = (col >= 0) & (row >= 0) & (col < nxp - 1) & (row < nyp - 1)
-        vals = scipy.ndimage.map_coordinates(views[j], [row, col], order=1, mode="constant", cval=0.0)
-        out += (weights[j] * np.where(inside, vals, 0.0)).reshape(out.shape).astype(np.float32)
+        out += (weights[j] * _sample(views[j], col, row)).reshape(out.shape).astype(np.float32)
 
 
 def _warm_up(kernel):

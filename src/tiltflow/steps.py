@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import align, io, outputs, simulate
+from . import align, io, outputs, projection, simulate
 from .coarse import CoarseOptions, coarse_align, pair_order
 from .io.mrc import SlabWriter, Stack, write_stack
 from .io.state import load_prepared, load_state, save_prepared, save_state
@@ -119,8 +119,7 @@ def align_coarse(prepared_path, params, out_state, out_coarse_xf):
         log.info("coarse from images: %.2f s, binning %d, weak views %s", seconds, result.binning, result.weak_views)
     shifts = raw_shifts
     if prepared.prexg is not None:  # marker-frame shifts = prexg applied to raw shifts
-        a = prepared.prexg[:, :4].reshape(-1, 2, 2)
-        shifts = np.einsum("nij,nj->ni", a, raw_shifts) + prepared.prexg[:, 4:]
+        shifts = projection.apply_xf(prepared.prexg, raw_shifts, (0.0, 0.0))
     state = align.initial_state(
         dataclasses.replace(series, tilt_axis_deg=float(start_axis)), options, shifts_px=shifts
     )
@@ -348,7 +347,7 @@ def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_
         voxel = prepared.pixel_size_angstrom * options.binning
         with SlabWriter(out_mrc, shape, options.dtype, voxel) as writer:
             _, stats = reconstruct(stack, xf, tilts, options, ~prepared.series.excluded, write_slab=writer.write)
-    stats.update({"shape_zyx": list(shape), "voxel_size_angstrom": prepared.pixel_size_angstrom * options.binning,
+    stats.update({"shape_zyx": list(shape), "voxel_size_angstrom": voxel,
                   "binning": options.binning, "thickness_px": options.thickness_px,
                   "updates_per_second": stats["voxels"] * stats["views"] / max(stats["seconds"], 1e-9),
                   "threads": int(threads)})
