@@ -101,6 +101,9 @@ def test_line_tables_layout_and_checks():
     bent[2, 1, 2] += 0.1
     with pytest.raises(ValueError, match="view 2: voxel x and z steps are not parallel"):
         reconstruct.line_tables(bent, 60, 120, 8)
+    edge_on = reconstruct.view_matrices(xf[:2], np.array([0.0, 89.99]), (100, 120), grid, 1)
+    with pytest.raises(ValueError, match="view 1: the voxel x step projects to .* too close to 90 degrees"):
+        reconstruct.line_tables(edge_on, 60, 120, 8)
     with pytest.raises(ValueError, match="oversampling"):
         reconstruct.ReconOptions(oversampling=0)
 
