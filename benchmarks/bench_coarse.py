@@ -55,7 +55,7 @@ def main():
     report = {
         "views": spec.n_views, "size": n, "binning": res.binning,
         "seconds_median": statistics.median(times), "seconds_all": times,
-        "shift_error_px": coarse.shift_error_px(res.shifts_px, sim.views[:, 3:] - sim.views[ref, 3:],
+        "shift_error_px": simulate.shift_error_px(res.shifts_px, sim.views[:, 3:] - sim.views[ref, 3:],
                                                 sim.views[:, 0], spec.tilt_axis_deg),
         "tilt_axis_true_deg": spec.tilt_axis_deg, "tilt_axis_start_deg": spec.tilt_axis_deg + 5.0,
         "tilt_axis_estimate_deg": res.tilt_axis_deg,

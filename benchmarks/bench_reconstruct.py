@@ -44,10 +44,10 @@ def throughput(size=512, thickness=200, n_views=61, repeats=3, oversampling=(16,
     rng = np.random.default_rng(0)
     views = rng.normal(size=(n_views, size, size)).astype(np.float32)
     xf, tilt = geometry(n_views, size)
-    reconstruct.reconstruct(views[:, :64, :64], xf, tilt, reconstruct.ReconOptions(thickness_px=8))  # JIT
+    reconstruct.reconstruct(views[:, :64, :64], xf, tilt, reconstruct.ReconOptions(thickness_px=8, binning=1))  # JIT
     out = {"size": size, "thickness": thickness, "views": n_views, "threads": numba.get_num_threads()}
     for q in oversampling:
-        opts = reconstruct.ReconOptions(thickness_px=thickness, slab_rows=64, oversampling=q)
+        opts = reconstruct.ReconOptions(thickness_px=thickness, binning=1, slab_rows=64, oversampling=q)
         rates = []
         for _ in range(repeats):
             _, st = reconstruct.reconstruct(views, xf, tilt, opts)
@@ -89,7 +89,7 @@ def big_child(size, thickness, n_views):
                 m.data[j] = rng.normal(size=(size, size)).astype(np.float32)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the stack was written through a map
         xf, tilt = geometry(n_views, size)
-        opts = reconstruct.ReconOptions(thickness_px=thickness, slab_rows=32)
+        opts = reconstruct.ReconOptions(thickness_px=thickness, binning=1, slab_rows=32)
         shape = reconstruct.volume_shape((size, size), opts)
         t0 = time.perf_counter()
         with Stack(stack_path) as st, SlabWriter(Path(tmp) / "tomo.mrc", shape) as writer:

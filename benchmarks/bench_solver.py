@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import scipy.optimize
 
-from tiltflow import align, simulate
+from tiltflow import align, model, simulate
 from tiltflow.solver import Observations, ScipyProblem, warm_up
 
 PROBLEMS = {
@@ -43,7 +43,7 @@ def make_series(sim, axis_error_deg=0.5):
     n = len(sim.marker)
     n_m, n_v = sim.points_xyz_px.shape[0], len(sim.nominal_tilt_deg)
     obs = Observations(sim.marker, sim.view, sim.xy_px, np.ones(n), n_m, n_v, sim.centre_xy_px)
-    return align.Series(obs, np.arange(1, n_m + 1).astype(str), sim.nominal_tilt_deg,
+    return model.Series(obs, np.arange(1, n_m + 1).astype(str), sim.nominal_tilt_deg,
                         sim.tilt_axis_deg + axis_error_deg, sim.width, sim.height, np.zeros(n_v, dtype=bool))
 
 

@@ -23,7 +23,7 @@ rule align_coarse:
         state="results/{series}/stages/coarse.json",
         coarse_xf="results/{series}/coarse.xf",
     params:
-        options=stage_params("coarse", config),
+        options=coarse_stage_params,
     log:
         "logs/{series}/align_coarse.log",
     benchmark:
@@ -119,7 +119,7 @@ rule write_alignment:
         markers="results/{series}/markers.tsv",
         large_residuals="results/{series}/large_residuals.tsv",
     params:
-        options=stage_params("polish", config),
+        options=write_params(config),
     log:
         "logs/{series}/write_alignment.log",
     conda:

@@ -1,14 +1,19 @@
 # Sheet loading, schema validation and input functions.
 import re
+import sys
 
 from snakemake.utils import validate
 
-from tiltflow.sheet import read_sheet
-from tiltflow.steps import import_package_from, stage_params
+# This checkout's package first on the path, before anything of tiltflow is imported, so that the
+# DAG is built with the code the jobs run; jobs inherit PYTHONPATH (a conda env holds only dependencies).
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from tiltflow.workflow.runtime import jobs_import_from
 
-# Jobs import the package of this checkout (the conda env holds only its dependencies).
-import_package_from(Path(workflow.basedir) / "src")
+jobs_import_from(Path(workflow.basedir) / "src")
+
+from tiltflow.workflow.config import coarse_params, recon_params, stage_params, write_params
+from tiltflow.workflow.sheet import read_sheet
 
 validate(config, schema="../config/schemas/config.schema.yaml")
 
@@ -45,6 +50,11 @@ def coarse_inputs(wildcards):
     if stack:
         files["stack"] = stack
     return files
+
+
+def coarse_stage_params(wildcards):
+    """What the coarse stage reads: the reference view and, for a series with a stack, ``coarse``."""
+    return coarse_params(config, bool(sheet.loc[wildcards.series, "stack"]))
 
 
 def series_stack(wildcards):

@@ -11,7 +11,7 @@ rule reconstruct_tomogram:
         tomogram="results/{series}/tomogram.mrc",
         stats="results/{series}/tomogram.json",
     params:
-        options={"reconstruct": config.get("reconstruct", {})},
+        options=recon_params(config),
     threads: workflow.cores
     resources:
         mem_mb=8000,

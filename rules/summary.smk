@@ -21,7 +21,7 @@ rule summarize:
 
 # After a run with failures (e.g. --keep-going): what finished, what failed and where to look.
 onerror:
-    from tiltflow.steps import partial_summary
+    from tiltflow.workflow.summary import partial_summary
 
     partial_summary(SERIES, "results/summary.partial.tsv")
 

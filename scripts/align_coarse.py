@@ -1,7 +1,8 @@
-"""Rule align_coarse: marker-based coarse shifts and starting 3D positions."""
-from tiltflow import steps
+"""Rule align_coarse: coarse shifts (images or markers) and the starting state."""
+from tiltflow.workflow import steps
+from tiltflow.workflow.runtime import run_logged
 
-steps.run_logged(
+run_logged(
     snakemake.log[0],
     steps.align_coarse,
     snakemake.input.prepared,

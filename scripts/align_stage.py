@@ -1,7 +1,8 @@
 """Rules align_initial, align_main, align_tilt, align_polish: one L-M stage."""
-from tiltflow import steps
+from tiltflow.workflow import steps
+from tiltflow.workflow.runtime import run_logged
 
-steps.run_logged(
+run_logged(
     snakemake.log[0],
     steps.align_stage,
     snakemake.params.stage,

@@ -1,7 +1,8 @@
 """Rule plot_alignment: diagnostic plots of one series."""
-from tiltflow import steps
+from tiltflow.workflow import steps
+from tiltflow.workflow.runtime import run_logged
 
-steps.run_logged(
+run_logged(
     snakemake.log[0],
     steps.plot_alignment,
     snakemake.input.fiducials,

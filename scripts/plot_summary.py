@@ -1,4 +1,5 @@
 """Rule plot_summary: the cross-series chart."""
-from tiltflow import steps
+from tiltflow.workflow import steps
+from tiltflow.workflow.runtime import run_logged
 
-steps.run_logged(snakemake.log[0], steps.plot_summary, snakemake.input.tsv, snakemake.output.png)
+run_logged(snakemake.log[0], steps.plot_summary, snakemake.input.tsv, snakemake.output.png)

@@ -1,7 +1,8 @@
 """Rule reconstruct_tomogram: weighted back-projection from the raw stack."""
-from tiltflow import steps
+from tiltflow.workflow import steps
+from tiltflow.workflow.runtime import run_logged
 
-steps.run_logged(
+run_logged(
     snakemake.log[0],
     steps.reconstruct_tomogram,
     snakemake.input.prepared,

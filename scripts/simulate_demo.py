@@ -1,4 +1,5 @@
 """Rule simulate_demo: deterministic demo series with known truth."""
-from tiltflow import steps
+from tiltflow.workflow import demo
+from tiltflow.workflow.runtime import run_logged
 
-steps.run_logged(snakemake.log[0], steps.simulate_demo, snakemake.wildcards.demo, dict(snakemake.output.items()))
+run_logged(snakemake.log[0], demo.simulate_demo, snakemake.wildcards.demo, dict(snakemake.output.items()))

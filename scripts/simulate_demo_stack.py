@@ -1,4 +1,5 @@
 """Rule simulate_demo_stack: the demo series' views rendered as an MRC stack."""
-from tiltflow import steps
+from tiltflow.workflow import demo
+from tiltflow.workflow.runtime import run_logged
 
-steps.run_logged(snakemake.log[0], steps.simulate_demo_stack, snakemake.wildcards.demo, snakemake.output.stack)
+run_logged(snakemake.log[0], demo.simulate_demo_stack, snakemake.wildcards.demo, snakemake.output.stack)

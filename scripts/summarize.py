@@ -1,4 +1,5 @@
 """Rule summarize: results/summary.tsv, one row per series."""
-from tiltflow import steps
+from tiltflow.workflow import summary
+from tiltflow.workflow.runtime import run_logged
 
-steps.run_logged(snakemake.log[0], steps.summarize, list(snakemake.input.summaries), snakemake.output.tsv)
+run_logged(snakemake.log[0], summary.summarize, list(snakemake.input.summaries), snakemake.output.tsv)

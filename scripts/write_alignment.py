@@ -1,7 +1,8 @@
 """Rule write_alignment: IMOD .xf/.tlt/.xyz, fiducials.tsv and summary.json."""
-from tiltflow import steps
+from tiltflow.workflow import steps
+from tiltflow.workflow.runtime import run_logged
 
-steps.run_logged(
+run_logged(
     snakemake.log[0],
     steps.write_alignment,
     snakemake.input.prepared,

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiltflow import align, simulate
-from tiltflow.solver import Observations
+from tiltflow import model, simulate
+from tiltflow.model import Observations
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("TILTFLOW_REALDATA", REPO.parent / "shared" / "realdata"))
@@ -22,14 +22,14 @@ def realdata(*parts):
 
 
 def series_from_sim(sim, weight=None, tilt_axis_deg=None):
-    """A :class:`tiltflow.align.Series` built straight from a simulation."""
+    """A :class:`tiltflow.model.Series` built straight from a simulation."""
     n = len(sim.marker)
     n_m = int(sim.points_xyz_px.shape[0])
     n_v = len(sim.nominal_tilt_deg)
     obs = Observations(
         sim.marker, sim.view, sim.xy_px, np.ones(n) if weight is None else weight, n_m, n_v, sim.centre_xy_px
     )
-    return align.Series(
+    return model.Series(
         obs, np.arange(1, n_m + 1).astype(str), sim.nominal_tilt_deg,
         sim.tilt_axis_deg if tilt_axis_deg is None else tilt_axis_deg,
         sim.width, sim.height, np.zeros(n_v, dtype=bool),
@@ -51,7 +51,9 @@ def run_steps(folder, row, tag="run", config=None):
     Returns the output paths (``xf``, ``tlt``, ``xyz``, ``fiducials``,
     ``summary``, ``coarse_xf``, ``prepared``).
     """
-    from tiltflow import steps
+    from tiltflow.stages import STAGE_NAMES
+    from tiltflow.workflow import config as wconfig
+    from tiltflow.workflow import steps
 
     config = config or {"align": {}, "coarse": {}, "robust": False}
     folder = Path(folder)
@@ -60,13 +62,13 @@ def run_steps(folder, row, tag="run", config=None):
     coarse_state = folder / f"{tag}.coarse.json"
     out = {k: folder / f"{tag}.{k}" for k in ("xf", "tlt", "xyz", "fiducials", "summary")}
     out["coarse_xf"] = folder / f"{tag}.coarse.xf"
-    steps.align_coarse(prepared, steps.stage_params("coarse", config), coarse_state, out["coarse_xf"])
+    steps.align_coarse(prepared, wconfig.coarse_params(config, bool(row.get("stack"))), coarse_state, out["coarse_xf"])
     state = coarse_state
-    for stage in align.STAGES:
+    for stage in STAGE_NAMES:
         nxt = folder / f"{tag}.{stage}.json"
-        steps.align_stage(stage, prepared, state, steps.stage_params(stage, config), nxt)
+        steps.align_stage(stage, prepared, state, wconfig.stage_params(stage, config), nxt)
         state = nxt
-    steps.write_alignment(prepared, state, steps.stage_params("polish", config), row["series"],
+    steps.write_alignment(prepared, state, wconfig.write_params(config), row["series"],
                           {k: out[k] for k in ("xf", "tlt", "xyz", "fiducials", "summary")}, coarse_state)
     out["prepared"] = prepared
     return out

@@ -15,7 +15,7 @@ import pytest
 import scipy.optimize
 from conftest import series_from_sim
 
-from tiltflow import align, projection, simulate
+from tiltflow import align, model, projection, simulate
 from tiltflow.solver import ScipyProblem
 
 CASES = {
@@ -57,7 +57,7 @@ def reference_fit(series, sim, options, ours):
     strong, weak, empty = series.view_classes()
     views[~strong, 0] = ours.views[~strong, 0]
     views[~strong, 2] = ours.views[~strong, 2]
-    truth = align.AlignmentState(views, sim.points_xyz_px.copy(), np.ones(len(series.obs.weight)), ours.reference_view)
+    truth = model.AlignmentState(views, sim.points_xyz_px.copy(), np.ones(len(series.obs.weight)), ours.reference_view)
     layout = align.stage_layout("polish", series, truth, options)
     problem = ScipyProblem(series.obs, truth.views, truth.points_xyz_px, layout)
     res = scipy.optimize.least_squares(problem.fun, problem.x0, jac=problem.jac, method="lm", xtol=1e-12, ftol=1e-12)

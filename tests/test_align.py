@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import series_from_sim
 
-from tiltflow import align, projection, simulate
+from tiltflow import align, model, projection, simulate
 
 
 def predictions(series, state):
@@ -17,7 +17,7 @@ def test_gauge_changes_leave_predictions_unchanged(small_sim):
     state = align.align(series)
     before = predictions(series, state)
     v, p = align.output_frame(series, state.views, state.points_xyz_px)
-    np.testing.assert_allclose(predictions(series, align.AlignmentState(v, p, state.weight, 0)), before, atol=1e-8)
+    np.testing.assert_allclose(predictions(series, model.AlignmentState(v, p, state.robust_weight, 0)), before, atol=1e-8)
     np.testing.assert_allclose(p[:, 2].mean(), 0.0, atol=1e-9)
     assert abs(v[:, 3:].mean(axis=0)).max() < np.abs(state.views[:, 3:]).max()
     np.testing.assert_allclose(state.points_xyz_px.mean(axis=0), 0.0, atol=1e-9)  # centroid gauge
@@ -79,8 +79,8 @@ def test_robust_fitting_downweights_misclicks():
     state = align.align(series, align.AlignOptions(robust=True))
     is_bad = np.zeros(len(xy), dtype=bool)
     is_bad[bad] = True
-    assert np.mean(state.weight[is_bad] < 0.1) >= 0.9
-    assert np.mean(state.weight[~is_bad] < 0.1) <= 0.02
+    assert np.mean(state.robust_weight[is_bad] < 0.1) >= 0.9
+    assert np.mean(state.robust_weight[~is_bad] < 0.1) <= 0.02
     plain = align.align(series, align.AlignOptions(robust=False))
     truth = projection.project(sim.points_xyz_px, sim.views, sim.marker, sim.view, sim.centre_xy_px)
 
@@ -111,7 +111,7 @@ def test_robust_fit_matches_a_robust_least_squares_fit_from_the_truth():
     series = series_from_sim(fit)
     options = align.AlignOptions(robust=True)
     state = align.align(series, options)
-    truth = align.AlignmentState(sim.views.copy(), sim.points_xyz_px.copy(), np.ones(len(fit.marker)),
+    truth = model.AlignmentState(sim.views.copy(), sim.points_xyz_px.copy(), np.ones(len(fit.marker)),
                                  state.reference_view)
     layout = align.stage_layout("polish", series, truth, options)
     problem = ScipyProblem(series.obs, sim.views, sim.points_xyz_px, layout)

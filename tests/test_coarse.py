@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tiltflow import coarse, simulate
+from tiltflow import coarse, imaging, simulate, tiltorder
+from tiltflow.options import CoarseOptions
 
 SIZE = 384
 
@@ -26,9 +27,9 @@ def test_xcorr_recovers_known_subpixel_shifts(shift, shape):
 
     fixed = big[30:30 + shape[0], 30:30 + shape[1]]
     moved = scipy.ndimage.shift(big, (shift[1], shift[0]), order=3)[30:30 + shape[0], 30:30 + shape[1]]
-    w = coarse.taper_window(shape, 0.1)
-    filt = coarse.bandpass(shape, 0.01, 0.25, 0.05)
-    d, peak = coarse.measure_shift(coarse.preprocess(fixed, w), moved, w, filt)
+    w = imaging.taper_window(shape, 0.1)
+    filt = imaging.bandpass(shape, 0.01, 0.25, 0.05)
+    d, peak = imaging.measure_shift(imaging.preprocess(fixed, w), moved, w, filt)
     np.testing.assert_allclose(d, shift, atol=0.15)
     assert peak > 0.5
 
@@ -38,7 +39,7 @@ def test_stretch_acts_perpendicular_to_the_axis_about_the_given_point():
     p = np.array([200.0, 60.0])
     img = np.exp(-((xs - p[0]) ** 2 + (ys - p[1]) ** 2) / (2 * 3.0**2))
     a, f, alpha = np.array([150.0, 100.0]), 0.8, np.deg2rad(30)
-    out = coarse.stretch(img, f, alpha, a)
+    out = imaging.stretch(img, f, alpha, a)
     w = out / out.sum()
     centre = np.array([(w * xs).sum(), (w * ys).sum()])
     n = np.array([np.cos(alpha), np.sin(alpha)])
@@ -55,7 +56,7 @@ def test_simulated_stack_shifts_and_tilt_axis(axis_deg):
     stack = simulate.render_stack(sim, 60.0, simulate.RenderSpec(n_blobs=1500, dose=200.0, seed=7))
     ref = 30
     res = coarse.coarse_align(stack, sim.nominal_tilt_deg, axis_deg + 5.0, ref)
-    err = coarse.shift_error_px(res.shifts_px, sim.views[:, 3:] - sim.views[ref, 3:], sim.views[:, 0], axis_deg)
+    err = simulate.shift_error_px(res.shifts_px, sim.views[:, 3:] - sim.views[ref, 3:], sim.views[:, 0], axis_deg)
     true_axis = np.rad2deg(sim.views[:, 1]).mean()
     print(f"axis {axis_deg}: shift error {err:.3f} px RMS, axis estimate {res.tilt_axis_deg:.2f} "
           f"(truth {true_axis:.2f}, +- {res.axis_search['uncertainty_deg']:.2f})")
@@ -74,9 +75,9 @@ def test_weak_views_are_reported_and_placed_by_markers():
     stack[25] = rng.normal(100.0, 10.0, stack[25].shape)  # a ruined view
     ref = 15
     truth = sim.views[:, 3:] - sim.views[ref, 3:]
-    steps = {(n, f): truth[f] - truth[n] for n, f in coarse.pair_order(sim.nominal_tilt_deg, ref, np.ones(31, bool))}
+    steps = {(n, f): truth[f] - truth[n] for n, f in tiltorder.walk_outward(sim.nominal_tilt_deg, ref, np.ones(31, bool))}
     res = coarse.coarse_align(stack, sim.nominal_tilt_deg, 10.0, ref,
-                              coarse.CoarseOptions(axis_search=False), fallback_steps_px=steps)
+                              CoarseOptions(axis_search=False), fallback_steps_px=steps)
     assert 25 in res.weak_views
     assert np.abs(res.shifts_px[25] - truth[25]).max() < 3.0  # placed by the markers, not the noise
 
@@ -89,13 +90,13 @@ def test_excluded_views_are_interpolated():
     usable = np.ones(21, dtype=bool)
     usable[[0, 12]] = False
     stack[12] = 0.0  # never read
-    res = coarse.coarse_align(stack, sim.nominal_tilt_deg, 0.0, 10, coarse.CoarseOptions(axis_search=False), usable)
+    res = coarse.coarse_align(stack, sim.nominal_tilt_deg, 0.0, 10, CoarseOptions(axis_search=False), usable)
     assert np.isnan(res.peak[12])
     np.testing.assert_allclose(res.shifts_px[12], 0.5 * (res.shifts_px[11] + res.shifts_px[13]), atol=1e-9)
 
 
 def test_options_are_checked():
     with pytest.raises(ValueError, match="binning must be"):
-        coarse.CoarseOptions(binning=3)
+        CoarseOptions(binning=3)
     with pytest.raises(ValueError, match="taper_fraction"):
-        coarse.CoarseOptions(taper_fraction=0.7)
+        CoarseOptions(taper_fraction=0.7)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import realdata, series_from_sim
 
-from tiltflow import align, diagnostics, projection, simulate, surfaces
+from tiltflow import align, diagnostics, model, projection, simulate, surfaces
 
 
 def test_leave_out_matches_brute_force_refits(small_sim):
@@ -16,9 +16,9 @@ def test_leave_out_matches_brute_force_refits(small_sim):
     for k in np.random.default_rng(1).choice(n, 8, replace=False):
         w = np.ones(n)
         w[k] = 0.0
-        s2 = align.Series(series.obs.with_weight(w), series.marker_ids, series.nominal_tilt_deg,
+        s2 = model.Series(series.obs.with_weight(w), series.marker_ids, series.nominal_tilt_deg,
                           series.tilt_axis_deg, series.width, series.height, series.excluded)
-        refit = align.run_stage("polish", s2, align.AlignmentState(state.views, state.points_xyz_px, np.ones(n),
+        refit = align.run_stage("polish", s2, model.AlignmentState(state.views, state.points_xyz_px, np.ones(n),
                                                                     state.reference_view), options)
         o = series.obs
         p = projection.project(refit.points_xyz_px, refit.views, o.marker_index[k:k + 1], o.view_index[k:k + 1],
@@ -94,7 +94,8 @@ def test_surfaces_of_bba_match_imod():
     """IMOD's aligna.log: 14 bottom / 11 top, thickness 80.33, X-axis tilt needed 2.07,
     incremental tilt angle change 0.34."""
     from tiltflow import outputs
-    from tiltflow.prepare import SeriesSpec, prepare
+    from tiltflow.model import SeriesSpec
+    from tiltflow.prepare import prepare
 
     p = prepare(SeriesSpec("BBa", str(realdata("imod-BB/BBa.fid")), str(realdata("imod-BB/BBa.rawtlt")), -12.5,
                            width=512, height=512, prexg=str(realdata("imod-BB/BBa.prexg")), tilt_offset_deg=-0.5))

@@ -8,8 +8,9 @@ import pytest
 
 from tiltflow import io
 from tiltflow.io import InputError
-from tiltflow.prepare import SeriesSpec, prepare
-from tiltflow.sheet import read_sheet, series_spec
+from tiltflow.model import SeriesSpec
+from tiltflow.prepare import prepare
+from tiltflow.workflow.sheet import read_sheet, series_spec
 
 
 def write_series(tmp_path, rows, n_views=5):

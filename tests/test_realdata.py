@@ -13,7 +13,8 @@ import pytest
 from conftest import realdata, run_steps
 
 from tiltflow import align, io, projection
-from tiltflow.prepare import SeriesSpec, prepare
+from tiltflow.model import SeriesSpec
+from tiltflow.prepare import prepare
 
 # name: (markers, tilts, rotation, width, height, angle offset, IMOD mean residual, allowed excess)
 CASES = {

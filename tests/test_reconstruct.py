@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import run_steps, series_from_sim
 
-from tiltflow import align, io, projection, reconstruct, simulate, steps
+from tiltflow import align, io, projection, reconstruct, simulate
+from tiltflow.workflow import steps
 from tiltflow.io.mrc import write_stack
 
 SPEC = simulate.SimulationSpec(n_views=41, n_markers=16, n_full_tracks=16, width=256, height=256, thickness_px=50.0,
@@ -35,10 +36,10 @@ def test_compiled_and_numpy_paths_agree_and_slabs_do_not_matter(scene):
     xf = projection.views_to_xf(sim.views)
     tilt = np.rad2deg(sim.views[:, 0])
     small = lin[:, 64:192, 64:192].copy()  # a 128 x 128 field keeps the numpy path quick
-    opts = reconstruct.ReconOptions(thickness_px=40, slab_rows=128)
+    opts = reconstruct.ReconOptions(thickness_px=40, binning=1, slab_rows=128)
     a, stats = reconstruct.reconstruct(small, xf, tilt, opts)
     b, _ = reconstruct.reconstruct(small, xf, tilt, opts, kernel="numpy")
-    c, _ = reconstruct.reconstruct(small, xf, tilt, reconstruct.ReconOptions(thickness_px=40, slab_rows=7))
+    c, _ = reconstruct.reconstruct(small, xf, tilt, reconstruct.ReconOptions(thickness_px=40, binning=1, slab_rows=7))
     scale = np.abs(a).max()
     assert np.abs(a - b).max() <= 1e-5 * scale
     assert np.abs(a - c).max() <= 1e-6 * scale
@@ -70,10 +71,10 @@ def test_line_tables_round_positions_by_at_most_half_a_table_step(scene):
     xf = projection.views_to_xf(sim.views)
     tilt = np.rad2deg(sim.views[:, 0])
     small = lin[:, 64:192, 64:192].copy()
-    exact, _ = reconstruct.reconstruct(small, xf, tilt, reconstruct.ReconOptions(thickness_px=40), kernel="exact")
+    exact, _ = reconstruct.reconstruct(small, xf, tilt, reconstruct.ReconOptions(thickness_px=40, binning=1), kernel="exact")
     rel = {}
     for q in (4, 16, 64):
-        v, _ = reconstruct.reconstruct(small, xf, tilt, reconstruct.ReconOptions(thickness_px=40, oversampling=q))
+        v, _ = reconstruct.reconstruct(small, xf, tilt, reconstruct.ReconOptions(thickness_px=40, binning=1, oversampling=q))
         rel[q] = float(np.sqrt(np.mean((v - exact) ** 2)) / exact.std())
     print("RMS difference from exact positions / tomogram SD:", rel)
     assert rel[16] < 0.03
@@ -84,7 +85,7 @@ def test_line_tables_round_positions_by_at_most_half_a_table_step(scene):
 
 def test_line_tables_layout_and_checks():
     """Every plane's run of entries fits the table; a geometry that is not a tilt about y is refused."""
-    opts = reconstruct.ReconOptions(thickness_px=60, oversampling=8)
+    opts = reconstruct.ReconOptions(thickness_px=60, binning=1, oversampling=8)
     tilt = np.array([-70.0, -20.0, 0.0, 35.0, 65.0])
     xf = np.tile([0.98, 0.17, -0.17, 0.98, 4.0, -3.0], (5, 1))
     grid = reconstruct.grid_matrix((100, 120), opts)

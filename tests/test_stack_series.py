@@ -7,7 +7,8 @@ import pytest
 
 from conftest import run_steps
 
-from tiltflow import io, simulate, steps
+from tiltflow import io, simulate
+from tiltflow.workflow import steps
 from tiltflow.io.mrc import write_stack
 
 

@@ -1,7 +1,11 @@
-"""Staged fiducial alignment (Jou et al.): coarse, initial, main, tilt, polish.
+"""Staged fiducial alignment (Jou et al.): coarse start, then the L-M stages.
 
-Every stage is a pure function ``(series, state, options) -> state``; the
-workflow runs each as its own rule and stores the state between them.
+The coarse stage (:func:`coarse_stage`) makes the starting state from the
+markers or the images; every L-M stage is then one call of the generic
+:func:`run_stage` ``(series, state, options) -> state`` with the stage's
+declaration from :mod:`tiltflow.stages` (free parameter groups, robust,
+reset).  The workflow runs each as its own rule and stores the state
+between them.
 
 Gauge.  While solving, the translation freedom is fixed by holding the 3D
 position of one marker (the one seen in most views), the scale freedom by
@@ -23,166 +27,19 @@ import time
 import numpy as np
 
 from . import projection
+from .model import MIN_MARKERS_PER_VIEW, AlignmentState, StageReport
+from .options import AlignOptions, CoarseOptions
 from .projection import DX, DY, ROT, SCALE, TILT
-from .solver import Layout, LMOptions, Observations, solve_bundle, warm_up
+from .solver import Layout, solve_bundle, warm_up
+from .stages import STAGES, get_stage
+from .tiltorder import interpolate_over_tilt, walk_outward
 
 log = logging.getLogger(__name__)
 
-STAGES = ("initial", "main", "tilt", "polish")
-ROTATION_MODES = ("per_view", "single", "fixed")
-SCALE_MODES = ("per_view", "fixed")
-TILT_MODES = ("per_view", "offset", "fixed")
-#: Views with fewer observed markers than this are tied to their neighbours.
-MIN_MARKERS_PER_VIEW = 3
-
-
-@dataclasses.dataclass(frozen=True)
-class AlignOptions:
-    """What the alignment solves for.
-
-    Attributes
-    ----------
-    rotation : {"per_view", "single", "fixed"}
-        In-plane rotation (tilt-axis angle): one per view, one for all
-        views, or held at the sheet's ``tilt_axis_angle``.
-    scale : {"per_view", "fixed"}
-        Magnification per view (reference view held at 1) or all 1.
-    tilt : {"per_view", "offset", "fixed"}
-        Tilt angles per view, one offset added to all nominal tilts, or
-        held at nominal (+ ``tilt_offset``).
-    reference_view : int or None
-        0-based view whose scale (and tilt) fix the gauge and whose markers
-        seed the initial stage; None picks the view nearest zero tilt.
-    polish : bool
-        Run the joint stage with everything free at the end.
-    robust : bool
-        Down-weight outliers with Tukey's bisquare (IMOD's scheme) in the
-        main, tilt and polish stages.
-    robust_k : float
-        Tukey cut-off for residual *lengths*, in units of the robust
-        per-coordinate scale.  9 keeps clean Gaussian data within 1 % of
-        the plain least-squares accuracy (measured on the acceptance
-        simulations; 4.685, the 1D textbook value, lost 5-13 % there) and
-        still gives mis-clicks of 9 sigma or more zero weight.
-    lm : LMOptions
-    """
-
-    rotation: str = "per_view"
-    scale: str = "per_view"
-    tilt: str = "per_view"
-    reference_view: int | None = None
-    polish: bool = True
-    robust: bool = True
-    robust_k: float = 9.0
-    lm: LMOptions = LMOptions()
-
-    def __post_init__(self):
-        for name, allowed in (("rotation", ROTATION_MODES), ("scale", SCALE_MODES), ("tilt", TILT_MODES)):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        if not self.robust_k > 0:
-            raise ValueError(f"robust_k must be > 0, got {self.robust_k!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Series:
-    """One tilt series prepared for alignment.
-
-    Attributes
-    ----------
-    obs : Observations
-        All usable observations; ``view_index`` indexes the input tilt list
-        (excluded views have no observations), ``marker_index`` indexes
-        ``marker_ids``.
-    marker_ids : ndarray of int, shape (n_markers,)
-        The input's marker ids.
-    nominal_tilt_deg : ndarray, shape (n_views,)
-        Tilt angles of the tilt file plus ``tilt_offset``.
-    tilt_axis_deg : float
-        Starting tilt-axis angle (IMOD RotationAngle convention).
-    width, height : int
-        Image size in pixels.
-    excluded : ndarray of bool, shape (n_views,)
-        Views left out by ``exclude_views``.
-    """
-
-    obs: Observations
-    marker_ids: np.ndarray
-    nominal_tilt_deg: np.ndarray
-    tilt_axis_deg: float
-    width: int
-    height: int
-    excluded: np.ndarray
-
-    @property
-    def n_views(self):
-        return len(self.nominal_tilt_deg)
-
-    @property
-    def centre_xy_px(self):
-        return (self.width / 2.0, self.height / 2.0)
-
-    def markers_per_view(self):
-        """Number of observed markers in each view, shape (n_views,)."""
-        return np.bincount(self.obs.view_index, minlength=self.n_views)
-
-    def view_classes(self):
-        """Masks ``(strong, weak, empty)`` of views, shape (n_views,) each.
-
-        Strong views have at least :data:`MIN_MARKERS_PER_VIEW` markers and
-        get all their parameters solved; weak views (1-2 markers) get their
-        shifts (and, with 2 markers, their rotation) solved, with tilt and
-        scale tied to the neighbouring strong views; empty views (no
-        markers, or excluded) are interpolated entirely.
-        """
-        n = self.markers_per_view()
-        strong = n >= MIN_MARKERS_PER_VIEW
-        empty = n == 0
-        return strong, ~strong & ~empty, empty
-
-
-@dataclasses.dataclass(frozen=True)
-class StageReport:
-    """Outcome of one stage (the ``stages`` entries of ``summary.json``)."""
-
-    name: str
-    rms: float
-    mean_residual: float
-    iterations: int
-    seconds: float
-    status: int = 1
-    message: str = ""
-    n_params: int = 0
-    eliminated: str = ""
-    robust_rounds: int = 0
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class AlignmentState:
-    """The solution after some stages.
-
-    Attributes
-    ----------
-    views : ndarray, shape (n_views, 5)
-        View parameters (:data:`tiltflow.projection.VIEW_COLUMNS`), for
-        every view of the tilt list.
-    points_xyz_px : ndarray, shape (n_markers, 3)
-        Marker positions, centroid at the origin.
-    weight : ndarray, shape (n_obs,)
-        Weight of each observation in the last stage (robust fitting).
-    reference_view : int
-    stages : tuple of StageReport
-    """
-
-    views: np.ndarray
-    points_xyz_px: np.ndarray
-    weight: np.ndarray
-    reference_view: int
-    stages: tuple = ()
+#: Robust re-weighting rounds at most per stage (the weights usually settle in 2-4).
+MAX_ROBUST_ROUNDS = 10
+#: The image tilt-axis estimate seeds the L-M stages when its bootstrap uncertainty is below this.
+AXIS_SEED_MAX_UNCERTAINTY_DEG = 1.0
 
 
 def residual_stats(series, views, points, weight=None):
@@ -220,9 +77,11 @@ def choose_reference_view(series, requested=None):
 def coarse_shifts_from_markers(series, reference_view):
     """Initial view shifts from the markers alone.
 
-    Walking outwards from the reference view in tilt order, each view's
-    shift is the previous view's plus the mean displacement of the markers
-    both views share; views sharing none keep the previous shift.
+    Walking outwards from the reference view in tilt order
+    (:func:`tiltflow.tiltorder.walk_outward`), each view's shift is the
+    previous view's plus the mean displacement of the markers both views
+    share (none shared: the previous view's shift).  Views without
+    observations (or excluded) are interpolated over tilt.
 
     Returns
     -------
@@ -233,26 +92,14 @@ def coarse_shifts_from_markers(series, reference_view):
     obs = series.obs
     pos = np.full((series.obs.n_markers, n_v, 2), np.nan)
     pos[obs.marker_index, obs.view_index] = obs.xy_px
-    order = np.argsort(series.nominal_tilt_deg, kind="stable")
-    rank = np.empty(n_v, dtype=int)
-    rank[order] = np.arange(n_v)
+    usable = ~series.excluded & (series.markers_per_view() > 0)
+    usable[reference_view] = True
     shifts = np.zeros((n_v, 2))
-    r0 = rank[reference_view]
-    for direction in (1, -1):
-        last_view = reference_view
-        r = r0 + direction
-        while 0 <= r < n_v:
-            v = order[r]
-            if series.excluded[v] or not np.isfinite(pos[:, v, 0]).any():
-                shifts[v] = shifts[last_view]
-                r += direction
-                continue
-            d = pos[:, v] - pos[:, last_view]
-            ok = np.isfinite(d[:, 0])
-            shifts[v] = shifts[last_view] + (d[ok].mean(axis=0) if ok.any() else 0.0)
-            last_view = v
-            r += direction
-    return shifts
+    for near, far in walk_outward(series.nominal_tilt_deg, reference_view, usable):
+        d = pos[:, far] - pos[:, near]
+        ok = np.isfinite(d[:, 0])
+        shifts[far] = shifts[near] + (d[ok].mean(axis=0) if ok.any() else 0.0)
+    return interpolate_over_tilt(shifts, series.nominal_tilt_deg, usable)
 
 
 def interpolate_views(views, nominal_tilt_deg, source, columns=(TILT, ROT, SCALE, DX, DY)):
@@ -261,19 +108,12 @@ def interpolate_views(views, nominal_tilt_deg, source, columns=(TILT, ROT, SCALE
     Tilts are interpolated as deviations from nominal.  Returns a copy.
     """
     views = views.copy()
-    src = np.flatnonzero(source)
-    dst = np.flatnonzero(~np.asarray(source, dtype=bool))
-    if not len(src) or not len(dst):
-        return views
+    source = np.asarray(source, dtype=bool)
     nominal = np.deg2rad(nominal_tilt_deg)
-    order = np.argsort(nominal[src], kind="stable")
-    xs = nominal[src][order]
     for col in columns:
-        ys = views[src, col][order]
-        if col == TILT:
-            ys = ys - xs
-        vals = np.interp(nominal[dst], xs, ys)
-        views[dst, col] = vals + nominal[dst] if col == TILT else vals
+        offset = nominal if col == TILT else 0.0
+        filled = interpolate_over_tilt(views[:, col] - offset, nominal, source) + offset
+        views[~source, col] = filled[~source]
     return views
 
 
@@ -317,7 +157,83 @@ def initial_state(series, options, shifts_px=None):
     points = np.zeros((obs.n_markers, 3))
     points[obs.marker_index[first], 0] = uv[first, 0] / np.cos(tilt[first])
     points[obs.marker_index[first], 1] = uv[first, 1]
-    return AlignmentState(views, points, obs.weight.copy(), ref, ())
+    return AlignmentState(views, points, np.ones(len(obs.view_index)), ref, ())
+
+
+def coarse_stage(prepared, options=AlignOptions(), coarse_options=CoarseOptions(), views=None):
+    """The coarse stage: coarse shifts and the starting state of the L-M stages.
+
+    Without images the shifts come from the markers
+    (:func:`coarse_shifts_from_markers`).  With ``views`` (the raw stack)
+    they come from cross-correlation (:func:`tiltflow.coarse.coarse_align`);
+    pairs with weak peaks are placed by their markers instead, and the
+    tilt-axis angle refined from the images seeds the L-M stages when its
+    bootstrap uncertainty is below :data:`AXIS_SEED_MAX_UNCERTAINTY_DEG`
+    (the markers decide the final rotation).
+
+    Parameters
+    ----------
+    prepared : tiltflow.model.Prepared
+        Markers live in the frame of ``prepared.prexg`` when it is given
+        (picked on a prealigned stack); images are raw.
+    options : AlignOptions
+    coarse_options : CoarseOptions
+    views : sequence of ndarray (ny, nx), optional
+        The raw views (e.g. a memory-mapped :class:`tiltflow.io.mrc.Stack`).
+
+    Returns
+    -------
+    state : AlignmentState
+    coarse_xf : ndarray, shape (n_views, 6)
+        Translations mapping each raw view onto the reference view (IMOD
+        ``.xf`` convention, like a ``.prexg``).
+    report : dict
+        ``source`` ("markers" or "images"), ``start_tilt_axis_deg`` and,
+        from images, ``seconds``, ``binning``, ``peak``, ``weak_views``,
+        ``axis_search``.
+    """
+    series = prepared.series
+    ref = choose_reference_view(series, options.reference_view)
+    marker_shifts = coarse_shifts_from_markers(series, ref)
+    report = {"source": "markers"}
+    raw_shifts = marker_shifts
+    if prepared.prexg is not None:  # raw shifts = prexg^-1 applied to the marker-frame shifts
+        raw_shifts = projection.apply_xf(projection.invert_xf(prepared.prexg), marker_shifts, (0.0, 0.0))
+    start_axis = series.tilt_axis_deg
+    if views is not None:
+        from .coarse import coarse_align
+
+        t0 = time.perf_counter()
+        usable = ~series.excluded
+        counts = series.markers_per_view()
+        fallback = {(near, far): raw_shifts[far] - raw_shifts[near]
+                    for near, far in walk_outward(series.nominal_tilt_deg, ref, usable)
+                    if counts[near] and counts[far]}
+        result = coarse_align(views, series.nominal_tilt_deg, series.tilt_axis_deg, ref, coarse_options, usable,
+                              fallback_steps_px=fallback)
+        seconds = time.perf_counter() - t0
+        raw_shifts = result.shifts_px
+        report = {
+            "source": "images",
+            "seconds": seconds,
+            "binning": result.binning,
+            "peak": [float(p) if np.isfinite(p) else None for p in result.peak],
+            "weak_views": result.weak_views,
+            "axis_search": result.axis_search,
+        }
+        if result.axis_search and result.axis_search["uncertainty_deg"] < AXIS_SEED_MAX_UNCERTAINTY_DEG:
+            start_axis = result.axis_search["estimate_deg"]
+        log.info("coarse from images: %.2f s, binning %d, weak views %s", seconds, result.binning, result.weak_views)
+    shifts = raw_shifts
+    if prepared.prexg is not None:  # marker-frame shifts = prexg applied to raw shifts
+        shifts = projection.apply_xf(prepared.prexg, raw_shifts, (0.0, 0.0))
+    state = initial_state(dataclasses.replace(series, tilt_axis_deg=float(start_axis)), options, shifts_px=shifts)
+    coarse_xf = np.zeros((series.n_views, 6))
+    coarse_xf[:, 0] = coarse_xf[:, 3] = 1.0
+    coarse_xf[:, 4:] = -(raw_shifts - raw_shifts[ref])
+    report["start_tilt_axis_deg"] = float(start_axis)
+    log.info("coarse: reference view %d, shifts up to %.1f px", state.reference_view, np.abs(coarse_xf[:, 4:]).max())
+    return state, coarse_xf, report
 
 
 def _gauge_marker(series):
@@ -326,12 +242,21 @@ def _gauge_marker(series):
 
 
 def stage_layout(stage, series, state, options):
-    """The free parameters of ``stage`` (see the module docstring for the gauge).
+    """The free parameters of a stage, from its declaration (gauge: :mod:`tiltflow.stages`).
+
+    Parameters
+    ----------
+    stage : tiltflow.stages.Stage or str
+    series : Series
+    state : AlignmentState
+        Gives the reference view.
+    options : AlignOptions
 
     Returns
     -------
-    layout : Layout
+    Layout
     """
+    stage = get_stage(stage) if isinstance(stage, str) else stage
     strong, weak, empty = series.view_classes()
     has_obs = ~empty
     ref = state.reference_view
@@ -347,39 +272,24 @@ def stage_layout(stage, series, state, options):
     elif options.rotation == "single":
         view_free[has_obs, ROT] = True
         shared.append(ROT)
-    k = _gauge_marker(series)
-    if stage == "initial":
+    if stage.points:
         point_free[:, :] = True
-        in_ref = np.unique(series.obs.marker_index[series.obs.view_index == ref])
-        point_free[in_ref, :2] = False
-        point_free[k, :] = False
-    elif stage == "main":
-        point_free[:, :] = True
-        point_free[k, :] = False
-        if options.scale == "per_view":
-            view_free[strong, SCALE] = True
-            view_free[ref, SCALE] = False
-    elif stage == "tilt":
-        if options.scale == "per_view":
-            view_free[strong, SCALE] = True
-            view_free[ref, SCALE] = False  # the reference view keeps scale 1 throughout
+        if stage.hold_reference_xy:
+            in_ref = np.unique(series.obs.marker_index[series.obs.view_index == ref])
+            point_free[in_ref, :2] = False
+        point_free[_gauge_marker(series), :] = False
+    if stage.scale and options.scale == "per_view":
+        view_free[strong, SCALE] = True
+        view_free[ref, SCALE] = False  # the reference view keeps scale 1 throughout
+    if stage.tilt:
         if options.tilt == "per_view":
             view_free[strong, TILT] = True
-        elif options.tilt == "offset":
+            if stage.points:
+                view_free[ref, TILT] = False
+        elif options.tilt == "offset" and not stage.points:
+            # with the 3D positions free a tilt offset is a pure gauge
             view_free[has_obs, TILT] = True
             shared.append(TILT)
-    elif stage == "polish":
-        point_free[:, :] = True
-        point_free[k, :] = False
-        if options.scale == "per_view":
-            view_free[strong, SCALE] = True
-            view_free[ref, SCALE] = False
-        if options.tilt == "per_view":
-            view_free[strong, TILT] = True
-            view_free[ref, TILT] = False
-        # a tilt offset is a pure gauge once the 3D positions are free
-    else:
-        raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
     return Layout.from_masks(view_free, point_free, shared)
 
 
@@ -487,52 +397,64 @@ def _retie_weak_views(series, views, points, weight, layout, options):
 def run_stage(stage, series, state, options):
     """Run one L-M stage from ``state``.
 
+    Parameters
+    ----------
+    stage : tiltflow.stages.Stage or str
+        The stage's declaration (or its name).
+    series : Series
+    state : AlignmentState
+    options : AlignOptions
+
     Returns
     -------
     AlignmentState
-        With the stage's solution (centroid gauge) and its report appended.
+        With the stage's solution (centroid gauge), the robust factors
+        (unchanged by a stage that is not robust) and its report appended.
     """
+    stage = get_stage(stage) if isinstance(stage, str) else stage
     warm_up()  # JIT loading is not solve time
     t0 = time.perf_counter()
     views = tie_weak_views(series, state.views)
-    if stage == "initial":
+    if stage.reset:
         views[:, SCALE] = 1.0
         views[:, TILT] = np.deg2rad(series.nominal_tilt_deg)
         if options.rotation == "single":
             views[:, ROT] = np.mean(views[:, ROT])
     points = state.points_xyz_px
     layout = stage_layout(stage, series, state, options)
-    base_weight = series.obs.weight
-    weight = state.weight if (options.robust and stage != "initial") else base_weight
+    robust = options.robust and stage.robust
+    # a stage that is not robust fits with the input weights alone and passes the factors on
+    factor = state.robust_weight if robust else np.ones(len(series.obs.view_index))
     robust_rounds = 0
     iterations = 0
     while True:
-        obs = series.obs.with_weight(base_weight * weight)
+        obs = series.obs.with_weight(series.obs.weight * factor)
         sol = solve_bundle(obs, views, points, layout, options.lm)
         views, points = sol.views, sol.points_xyz_px
         iterations += sol.report.iterations
-        if not options.robust or stage == "initial" or robust_rounds >= 10:
+        if not robust or robust_rounds >= MAX_ROBUST_ROUNDS:
             break
         pred = projection.project(points, views, series.obs.marker_index, series.obs.view_index, series.centre_xy_px)
-        new_weight = robust_weights(pred - series.obs.xy_px, options.robust_k)
+        new_factor = robust_weights(pred - series.obs.xy_px, options.robust_k)
         robust_rounds += 1
-        change = np.max(np.abs(new_weight - weight)) if len(weight) else 0.0
-        weight = new_weight
+        change = np.max(np.abs(new_factor - factor)) if len(factor) else 0.0
+        factor = new_factor
         if change < 1e-3:
             break
     views, points = recentre(series, views, points)
-    views = _retie_weak_views(series, views, points, base_weight * weight, layout, options)
+    fit_weight = series.obs.weight * factor
+    views = _retie_weak_views(series, views, points, fit_weight, layout, options)
     seconds = time.perf_counter() - t0
-    w_eff = base_weight * weight
-    rms, mean = residual_stats(series, views, points, w_eff)
+    rms, mean = residual_stats(series, views, points, fit_weight)
     report = StageReport(
-        name=stage, rms=rms, mean_residual=mean, iterations=iterations, seconds=seconds,
+        name=stage.name, rms=rms, mean_residual=mean, iterations=iterations, seconds=seconds,
         status=sol.report.status, message=sol.report.message, n_params=sol.n_params,
         eliminated=sol.eliminated, robust_rounds=robust_rounds,
     )
     log.info("stage %s: rms %.4f px, mean residual %.4f px, %d iterations, %.4f s (%s)",
-             stage, rms, mean, iterations, seconds, sol.report.message)
-    return AlignmentState(views, points, weight, state.reference_view, state.stages + (report,))
+             stage.name, rms, mean, iterations, seconds, sol.report.message)
+    robust_weight = factor if robust else state.robust_weight
+    return AlignmentState(views, points, robust_weight, state.reference_view, state.stages + (report,))
 
 
 def align(series, options=AlignOptions(), shifts_px=None):
@@ -544,7 +466,7 @@ def align(series, options=AlignOptions(), shifts_px=None):
     """
     state = initial_state(series, options, shifts_px)
     for stage in STAGES:
-        if stage == "polish" and not options.polish:
+        if stage.name == "polish" and not options.polish:
             continue
         state = run_stage(stage, series, state, options)
     return state

@@ -18,7 +18,8 @@ import scipy.linalg
 
 from . import projection
 from .align import stage_layout
-from .solver import BundleProblem
+from .solver import BundleProblem, Layout, Observations
+from .stages import FULL_MODEL
 
 #: Leverage above which removing an observation leaves something undetermined.
 LEVERAGE_LIMIT = 0.99
@@ -70,22 +71,76 @@ def _max_eig2(h):
     return 0.5 * tr + np.sqrt(np.maximum(0.25 * tr**2 - det, 0.0))
 
 
-def leave_out(series, state, options):
+@dataclasses.dataclass(frozen=True)
+class Covariance:
+    """The normal equations of the full model at a solution and the blocks of their inverse.
+
+    One set-up serves the leave-out errors and the standard errors.
+
+    Attributes
+    ----------
+    obs : Observations
+        The observations with their weights in the fit.
+    layout : Layout
+        The full model's free parameters (the polish stage's layout).
+    cost : float
+        ``0.5 sum w r^2`` at the solution, px^2.
+    normal : NormalEquations
+        Schur-ordered ``J^T J`` and ``J^T r``.
+    hee_inv : ndarray, shape (n_groups, b, b)
+    w : ndarray, shape (n_groups, b, m)
+        ``Hee^-1 Hek``.
+    s_inv : ndarray, shape (m, m)
+        Inverse of the reduced (Schur) system: ``C_kk = S^-1``,
+        ``C_ek = -W S^-1``, ``C_ee = Hee^-1 + W S^-1 W^T``.
+    """
+
+    obs: Observations
+    layout: Layout
+    cost: float
+    normal: object
+    hee_inv: np.ndarray
+    w: np.ndarray
+    s_inv: np.ndarray
+
+
+def covariance(series, state, options):
+    """:class:`Covariance` of the full model (:data:`tiltflow.stages.FULL_MODEL`) at ``state``.
+
+    Parameters
+    ----------
+    series : tiltflow.model.Series
+    state : tiltflow.model.AlignmentState
+        The final solution; its fit weights are used.
+    options : tiltflow.options.AlignOptions
+        Which parameters the model has.
+    """
+    obs = series.obs.with_weight(state.fit_weight(series.obs))
+    layout = stage_layout(FULL_MODEL, series, state, options)
+    cost, ne = BundleProblem(obs, layout, "auto", compiled=True).linearize((state.views, state.points_xyz_px))
+    hee_inv, w, s_inv = _covariance_blocks(ne)
+    return Covariance(obs, layout, cost, ne, hee_inv, w, s_inv)
+
+
+def leave_out(series, state, options, cov=None):
     """Leave-one-out residuals of all observations at ``state``.
 
     Parameters
     ----------
-    series : tiltflow.align.Series
-    state : tiltflow.align.AlignmentState
+    series : tiltflow.model.Series
+    state : tiltflow.model.AlignmentState
         The final solution; its weights are used.
-    options : tiltflow.align.AlignOptions
+    options : tiltflow.options.AlignOptions
         Which parameters the model has (the polish-stage layout).
+    cov : Covariance, optional
+        :func:`covariance` of the same state, if already computed.
 
     Returns
     -------
     LeaveOut
     """
-    obs, layout, _, ne = _normal_equations(series, state, options)
+    cov = covariance(series, state, options) if cov is None else cov
+    obs, ne = cov.obs, cov.normal
     views, points = state.views, state.points_xyz_px
     st = ne.structure
     m = st.n_kept
@@ -94,7 +149,7 @@ def leave_out(series, state, options):
     jac = np.concatenate([jv, jp], axis=2) * sw  # (n_obs, 2, 8)
     r = (pred - obs.xy_px) * sw[:, :, 0]
 
-    hee_inv, w, s_inv = _covariance_blocks(ne)
+    hee_inv, w, s_inv = cov.hee_inv, cov.w, cov.s_inv
 
     if st.eliminate == "points":
         g = obs.marker_index
@@ -141,14 +196,6 @@ def leave_out(series, state, options):
     return LeaveOut(loo, lev, undetermined, error, imod, imod_error)
 
 
-def _normal_equations(series, state, options):
-    """Weighted observations, the polish-stage layout, and cost and normal equations at ``state``."""
-    obs = series.obs.with_weight(series.obs.weight * state.weight)
-    layout = stage_layout("polish", series, state, options)
-    cost, ne = BundleProblem(obs, layout, "auto", compiled=True).linearize((state.views, state.points_xyz_px))
-    return obs, layout, cost, ne
-
-
 def _covariance_blocks(ne):
     """Blocks of ``(J^T J)^-1`` through the Schur complement.
 
@@ -193,10 +240,14 @@ class StandardErrors:
     sigma_px: float
 
 
-def standard_errors(series, state, options):
-    """Standard errors ``sigma * sqrt(diag((J^T J)^-1))`` of the polish-stage parameters."""
-    obs, layout, cost, ne = _normal_equations(series, state, options)
-    hee_inv, w, s_inv = _covariance_blocks(ne)
+def standard_errors(series, state, options, cov=None):
+    """Standard errors ``sigma * sqrt(diag((J^T J)^-1))`` of the polish-stage parameters.
+
+    ``cov`` is :func:`covariance` of the same state, if already computed.
+    """
+    cov = covariance(series, state, options) if cov is None else cov
+    obs, layout, cost, ne = cov.obs, cov.layout, cov.cost, cov.normal
+    hee_inv, w, s_inv = cov.hee_inv, cov.w, cov.s_inv
     diag_e = np.einsum("gbb->gb", hee_inv) + (np.einsum("gbm,mn,gbn->gb", w, s_inv, w) if w.shape[2] else 0.0)
     diag_k = np.diag(s_inv).copy()
     var = ne.to_flat(diag_e, diag_k)

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 
 from . import projection
-from .align import AlignmentState, AlignOptions, output_frame, residual_stats
-from .diagnostics import leave_out, standard_errors
-from .surfaces import fit_surfaces
-from .prepare import Prepared
+from .align import output_frame
+from .diagnostics import covariance, leave_out, standard_errors
+from .model import AlignmentState, Prepared
+from .options import AlignOptions
 from .projection import ROT, SCALE, TILT
+from .surfaces import fit_surfaces
 
 FIDUCIAL_COLUMNS = ["marker", "view", "tilt", "x", "y", "x_fit", "y_fit", "resid_x", "resid_y", "weight"]
 
@@ -65,19 +66,30 @@ def contour_ids(marker_ids):
     return np.arange(1, len(marker_ids) + 1)
 
 
-def fiducial_table(prepared: Prepared, views, points, weight):
+def grid_prediction(series, views, points):
+    """The model's prediction for every (marker, view) pair, shape (n_markers * n_views, 2).
+
+    Row ``m * n_views + v`` is marker ``m`` in view ``v``.
+    """
+    n_m, n_v = series.obs.n_markers, series.n_views
+    mi, vi = np.meshgrid(np.arange(n_m), np.arange(n_v), indexing="ij")
+    return projection.project(points, views, mi.ravel(), vi.ravel(), series.centre_xy_px)
+
+
+def fiducial_table(prepared: Prepared, views, points, weight, fit=None):
     """One row per (marker, view) of the whole grid.
 
     ``x y`` are empty where the marker was not observed, ``x_fit y_fit``
     are the model's prediction everywhere, ``resid = fit - observed``
     (IMOD's sign), ``weight`` the observation's weight in the final fit
-    (0 for points in excluded views; empty where not observed).
+    (0 for points in excluded views; empty where not observed).  ``fit``
+    is :func:`grid_prediction`, if already computed.
     """
     s = prepared.series
     n_m, n_v = s.obs.n_markers, s.n_views
     mi, vi = np.meshgrid(np.arange(n_m), np.arange(n_v), indexing="ij")
     mi, vi = mi.ravel(), vi.ravel()
-    fit = projection.project(points, views, mi, vi, s.centre_xy_px)
+    fit = grid_prediction(s, views, points) if fit is None else fit
     obs_xy = np.full((n_m * n_v, 2), np.nan)
     w = np.full(n_m * n_v, np.nan)
     flat = s.obs.marker_index * n_v + s.obs.view_index
@@ -106,15 +118,20 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
     ``coarse`` is the coarse stage's report (source, peaks, axis search).
     """
     s = prepared.series
-    loo = leave_out(s, state, options)
+    weight = state.fit_weight(s.obs)
+    cov = covariance(s, state, options)
+    loo = leave_out(s, state, options, cov)
     views, points = output_frame(s, state.views, state.points_xyz_px)
     xf = projection.views_to_xf(views)
     if prepared.prexg is not None:
         xf = projection.xf_product(prepared.prexg, xf)
     tilt_deg = np.rad2deg(views[:, TILT])
-    fid = fiducial_table(prepared, views, points, state.weight)
-    rms, mean = residual_stats(s, views, points, state.weight)
-    used = state.weight > 0
+    grid = grid_prediction(s, views, points)
+    fid = fiducial_table(prepared, views, points, weight, grid)
+    resid = grid[s.obs.marker_index * s.n_views + s.obs.view_index] - s.obs.xy_px  # fit - observed, (n_obs, 2)
+    used = weight > 0
+    rms = float(np.sqrt(np.mean(resid[used] ** 2))) if used.any() else float("nan")
+    mean = float(np.mean(np.hypot(resid[used, 0], resid[used, 1]))) if used.any() else float("nan")
     strong, weak, empty = s.view_classes()
     summary = {
         "series": series_name,
@@ -142,11 +159,11 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
         "empty_views": prepared.empty_views,
         "excluded_views": prepared.excluded_views,
         "empty_view_handling": "all parameters interpolated over tilt from neighbouring views",
-        "downweighted_observations": int(((state.weight > 0) & (state.weight < 0.5)).sum()),
+        "downweighted_observations": int(((weight > 0) & (weight < 0.5)).sum()),
         "downweighted": [
             {"marker": str(s.marker_ids[s.obs.marker_index[k]]), "view": int(s.obs.view_index[k]),
-             "weight": float(state.weight[k])}
-            for k in np.flatnonzero(state.weight < 0.5)
+             "weight": float(weight[k])}
+            for k in np.flatnonzero(weight < 0.5)
         ],
         "status": state.stages[-1].message if state.stages else "",
     }
@@ -156,11 +173,11 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
         if search:
             summary["tilt_axis_image_deg"] = search["estimate_deg"]
             summary["tilt_axis_image_uncertainty_deg"] = search["uncertainty_deg"]
-    se = standard_errors(s, state, options)
+    se = standard_errors(s, state, options, cov)
     surf = fit_surfaces(points) if s.obs.n_markers >= 3 else None
     if surf is not None:
         summary["surfaces"] = surf.to_dict()
-    views_table, markers_table, large = _tables(prepared, state, views, points, loo, se, surf)
+    views_table, markers_table, large = _tables(prepared, weight, views, points, resid, loo, se, surf)
     summary["n_large_residuals"] = int(len(large))
     return SeriesResult(views, points, xf, tilt_deg, contour_ids(s.marker_ids), fid, summary,
                         views_table, markers_table, large)
@@ -170,16 +187,18 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
 LARGE_RESIDUAL_SD = 3.0
 
 
-def _tables(prepared, state, views, points, loo, se, surf):
-    """``views.tsv``, ``markers.tsv`` and ``large_residuals.tsv`` as DataFrames."""
+def _tables(prepared, weight, views, points, r, loo, se, surf):
+    """``views.tsv``, ``markers.tsv`` and ``large_residuals.tsv`` as DataFrames.
+
+    ``weight`` (n_obs,) is each observation's weight in the fit, ``r``
+    (n_obs, 2) its residual ``fit - observed`` in the output frame.
+    """
     s = prepared.series
     o = s.obs
-    pred = projection.project(points, views, o.marker_index, o.view_index, s.centre_xy_px)
-    r = pred - o.xy_px
     length = np.hypot(r[:, 0], r[:, 1])
     loo_len = np.hypot(loo.resid_xy_px[:, 0], loo.resid_xy_px[:, 1])
     loo_len = np.where(loo.undetermined, np.nan, loo_len)
-    used = state.weight > 0
+    used = weight > 0
 
     def per(index, n, values, mask):
         num = np.bincount(index[mask], values[mask], minlength=n)
@@ -242,6 +261,6 @@ def _tables(prepared, state, views, points, loo, se, surf):
         "resid_y": r[k, 1],
         "resid": length[k],
         "sd_above_mean": (length[k] - mu) / sd if sd > 0 else np.zeros(len(k)),
-        "weight": state.weight[k],
+        "weight": weight[k],
     })
     return views_table, markers_table, large

@@ -1,96 +1,17 @@
-"""From a sheet row to a validated :class:`tiltflow.align.Series`."""
+"""From a sheet row (:class:`tiltflow.model.SeriesSpec`) to a validated :class:`tiltflow.model.Prepared` series."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
 
-from .align import MIN_MARKERS_PER_VIEW, Series
 from .io import InputError, read_markers, read_tilts, read_xf
 from .io.mrc import Stack
-from .solver import Observations
+from .model import (MIN_MARKERS_PER_VIEW, MIN_OBSERVATIONS_PER_MARKER, Observations, Prepared, Series,
+                    SeriesSpec)
 
 log = logging.getLogger(__name__)
-
-#: Markers with fewer observations than this are dropped.
-MIN_OBSERVATIONS_PER_MARKER = 3
-
-
-@dataclasses.dataclass(frozen=True)
-class SeriesSpec:
-    """One row of the tilt-series sheet, paths resolved.
-
-    Attributes
-    ----------
-    name : str
-    markers : str
-        Marker file (IMOD model, ``model2point`` text or CSV).
-    tilts : str
-        ``.rawtlt``/``.tlt`` file.
-    tilt_axis_deg : float
-        IMOD ``RotationAngle``.
-    stack : str or None
-        MRC stack; gives the image size and the view count.
-    width, height : int or None
-        Image size when there is no stack.
-    prexg : str or None
-        IMOD ``.prexg`` of the stack the markers were picked on.
-    tilt_offset_deg : float
-        Added to every nominal tilt (IMOD ``AngleOffset``).
-    exclude_views : tuple of int
-        0-based views to leave out.
-    pixel_size_angstrom : float or None
-        Overrides the pixel size from the stack or model header.
-    """
-
-    name: str
-    markers: str
-    tilts: str
-    tilt_axis_deg: float
-    stack: str | None = None
-    width: int | None = None
-    height: int | None = None
-    prexg: str | None = None
-    tilt_offset_deg: float = 0.0
-    exclude_views: tuple = ()
-    pixel_size_angstrom: float | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """A validated series plus what the import decided.
-
-    Attributes
-    ----------
-    series : Series
-    raw_tilt_deg : ndarray, shape (n_views,)
-        Tilts as in the tilt file (without ``tilt_offset``).
-    prexg : ndarray, shape (n_views, 6) or None
-    pixel_size_angstrom : float
-    dropped_markers : dict
-        Marker id -> number of observations, for markers with too few.
-    weak_views, empty_views : list of int
-        Views with 1-2 markers (shifts solved, tilt/rotation/scale tied to
-        neighbours) and views with none (all parameters interpolated).
-    excluded_views : list of int
-    ignored_observations : int
-        Points in excluded views.
-    stack : str or None
-        The MRC stack of the series, if any.
-    """
-
-    series: Series
-    raw_tilt_deg: np.ndarray
-    prexg: np.ndarray | None
-    pixel_size_angstrom: float
-    dropped_markers: dict
-    weak_views: list
-    empty_views: list
-    excluded_views: list
-    ignored_observations: int
-    stack: str | None = None
 
 
 def image_size_from_stack(path):

@@ -184,3 +184,32 @@ def apply_xf(xf, xy_px, centre_xy_px):
     c = np.asarray(centre_xy_px, dtype=float)
     a = xf[:, :4].reshape(-1, 2, 2)
     return np.einsum("nij,nj->ni", a, xy_px - c) + xf[:, 4:] + c
+
+
+def invert_xf(xf):
+    """Inverse IMOD transforms: ``apply_xf(invert_xf(xf), apply_xf(xf, p, c), c) == p``.
+
+    Parameters
+    ----------
+    xf : ndarray, shape (n, 6)
+        ``A11 A12 A21 A22 DX DY`` rows (``out - c = A (in - c) + D``).
+
+    Returns
+    -------
+    ndarray, shape (n, 6)
+        ``A^-1`` and ``-A^-1 D`` per row.
+
+    Raises
+    ------
+    ValueError
+        A transform is singular (naming its row).
+    """
+    xf = np.asarray(xf, dtype=float)
+    a = xf[:, :4].reshape(-1, 2, 2)
+    det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+    bad = np.flatnonzero(~(np.abs(det) > 0))
+    if len(bad):
+        raise ValueError(f"xf row {int(bad[0])} is singular (determinant {det[bad[0]]!r}); expected an invertible 2x2 matrix")
+    a_inv = np.linalg.inv(a)
+    d = -np.einsum("nij,nj->ni", a_inv, xf[:, 4:])
+    return np.concatenate([a_inv.reshape(-1, 4), d], axis=1)

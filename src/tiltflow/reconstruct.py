@@ -44,67 +44,11 @@ import numpy as np
 import scipy.fft
 import scipy.ndimage
 
-from .coarse import bin_image, taper_window
+from .imaging import bin_image, taper_window
+from .options import ReconOptions
+from .projection import invert_xf
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class ReconOptions:
-    """Geometry and filter of the reconstruction.
-
-    Attributes
-    ----------
-    thickness_px : int
-        Tomogram thickness in unbinned pixels.
-    binning : int
-        1, 2, 4 or 8: views are binned by averaging once, voxels are
-        ``binning`` pixels wide.
-    z_offset_px : float
-        Unbinned pixels by which the slab centre sits above the tilt axis.
-    lowpass_cutoff : float
-        Radial low-pass cut-off, cycles per (binned) pixel (IMOD RADIAL first value).
-    lowpass_sigma : float
-        Gaussian fall-off beyond the cut-off (IMOD RADIAL second value).
-    sirt_iterations : int
-        0 for the plain ramp; ``n > 0`` for the filter that makes the
-        back-projection behave like ``n`` Landweber (SIRT-like) iterations.
-    taper_fraction : float
-        Edge taper of each view, fraction of each side.
-    slab_rows : int
-        Rows (binned y) reconstructed at a time.
-    oversampling : int
-        Table samples per binned pixel along each projection line; sample
-        positions are exact to ``1 / (2 oversampling)`` pixel.
-    dtype : {"float32", "float16"}
-    """
-
-    thickness_px: int = 300
-    binning: int = 1
-    z_offset_px: float = 0.0
-    lowpass_cutoff: float = 0.35
-    lowpass_sigma: float = 0.035
-    sirt_iterations: int = 0
-    taper_fraction: float = 0.05
-    slab_rows: int = 64
-    oversampling: int = 16
-    dtype: str = "float32"
-
-    def __post_init__(self):
-        if self.binning not in (1, 2, 4, 8):
-            raise ValueError(f"binning must be 1, 2, 4 or 8; got {self.binning!r}")
-        if not (isinstance(self.thickness_px, (int, np.integer)) and self.thickness_px >= self.binning):
-            raise ValueError(f"thickness_px must be an integer >= binning, got {self.thickness_px!r}")
-        if self.dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
-        if self.slab_rows < 1:
-            raise ValueError(f"slab_rows must be >= 1, got {self.slab_rows!r}")
-        if not 0 < self.lowpass_cutoff <= 0.5:
-            raise ValueError(f"lowpass_cutoff must be in (0, 0.5] cycles/pixel, got {self.lowpass_cutoff!r}")
-        if not 1 <= self.oversampling <= 256:
-            raise ValueError(f"oversampling must be in [1, 256] samples per pixel, got {self.oversampling!r}")
-        if self.sirt_iterations < 0:
-            raise ValueError(f"sirt_iterations must be >= 0, got {self.sirt_iterations!r}")
 
 
 def volume_shape(image_shape, options):
@@ -148,11 +92,12 @@ def view_matrices(xf, tilt_deg, image_shape, grid, binning):
     c = np.array([nx / 2.0, ny / 2.0])
     t = np.deg2rad(tilt_deg)
     out = np.empty((len(t), 2, 4))
+    inverse = invert_xf(xf)
     for j in range(len(t)):
         proj = np.array([[np.cos(t[j]), 0.0, np.sin(t[j])], [0.0, 1.0, 0.0]]) @ grid  # -> (u, v), (2, 4)
-        a_inv = np.linalg.inv(xf[j, :4].reshape(2, 2))
+        a_inv = inverse[j, :4].reshape(2, 2)
         raw = a_inv @ proj
-        raw[:, 3] += c - a_inv @ xf[j, 4:]  # raw = c + A^-1 ((u, v) - D)
+        raw[:, 3] += c + inverse[j, 4:]  # raw = c + A^-1 ((u, v) - D)
         out[j] = raw / binning
         out[j, :, 3] -= 0.5  # IMOD coordinate -> array index (pixel centres at i + 0.5)
     return out
@@ -207,7 +152,8 @@ def _frequency_grids(py, px, cutoff, sigma):
 
 def perpendicular_direction(xf_row):
     """Direction across the tilt axis in the raw view: ``A^-1 (1, 0)``, normalised."""
-    d = np.linalg.solve(xf_row[:4].reshape(2, 2), [1.0, 0.0])
+    a_inv = invert_xf(np.asarray(xf_row, dtype=float)[None])[0, :4]
+    d = np.array([a_inv[0], a_inv[2]])  # first column of A^-1
     return d / np.hypot(*d)
 
 
@@ -386,7 +332,8 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
     stats : dict
         ``seconds`` (back-projection, JIT compilation excluded),
         ``compile_seconds``, ``filter_seconds``, ``voxels``, ``views``,
-        ``oversampling``.
+        ``oversampling``, ``shape_zyx``, ``binning``, ``thickness_px``,
+        ``updates_per_second``.
     """
     from ._image_kernels import backproject_lines
 
@@ -432,9 +379,11 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
             write_slab(y0, block.astype(options.dtype))
         else:
             volume[:, y0:y0 + rows] = block
-    stats = {"seconds": seconds, "filter_seconds": filter_seconds, "voxels": int(nz * ny * nx), "views": int(len(idx)),
-             "oversampling": int(options.oversampling), "compile_seconds": compile_seconds}
+    voxels, n_used = int(nz * ny * nx), int(len(idx))
+    stats = {"seconds": seconds, "filter_seconds": filter_seconds, "voxels": voxels, "views": n_used,
+             "oversampling": int(options.oversampling), "compile_seconds": compile_seconds,
+             "shape_zyx": [int(nz), int(ny), int(nx)], "binning": int(b), "thickness_px": int(options.thickness_px),
+             "updates_per_second": voxels * n_used / max(seconds, 1e-9)}
     log.info("back-projection: %d voxels x %d views in %.2f s (%.3g voxel-view updates/s); filtering %.2f s",
-             stats["voxels"], stats["views"], seconds, stats["voxels"] * stats["views"] / max(seconds, 1e-9),
-             filter_seconds)
+             voxels, n_used, seconds, stats["updates_per_second"], filter_seconds)
     return volume, stats

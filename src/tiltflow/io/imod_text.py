@@ -45,11 +45,11 @@ def read_tilts(path):
     return np.array(values)
 
 
-def write_tlt(path, tilt_deg):
-    """Write tilt angles, one per line (IMOD ``.tlt``)."""
+def write_tlt(path, tilt_deg, fmt="10.4f"):
+    """Write tilt angles (degrees), one per line (IMOD ``.tlt``/``.rawtlt``), each formatted with ``fmt``."""
     with open(path, "w", encoding="utf-8") as f:
         for t in tilt_deg:
-            f.write(f"{t:10.4f}\n")
+            f.write(f"{t:{fmt}}\n")
 
 
 def read_xf(path, n_views=None):

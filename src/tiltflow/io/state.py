@@ -6,9 +6,7 @@ import json
 
 import numpy as np
 
-from ..align import AlignmentState, Series, StageReport
-from ..prepare import Prepared
-from ..solver import Observations
+from ..model import AlignmentState, Observations, Prepared, Series, StageReport
 
 
 def save_prepared(path, prepared: Prepared):
@@ -92,7 +90,7 @@ def save_state(path, state: AlignmentState, extra=None):
             "shift_y_px": v[:, 4].tolist(),
         },
         "points_xyz_px": state.points_xyz_px.tolist(),
-        "weight": state.weight.tolist(),
+        "robust_weight": state.robust_weight.tolist(),
         "stages": [s.to_dict() for s in state.stages],
     }
     if extra:
@@ -112,7 +110,7 @@ def load_state(path) -> AlignmentState:
     return AlignmentState(
         views=views,
         points_xyz_px=np.asarray(doc["points_xyz_px"], dtype=float).reshape(-1, 3),
-        weight=np.asarray(doc["weight"], dtype=float),
+        robust_weight=np.asarray(doc["robust_weight"], dtype=float),
         reference_view=int(doc["reference_view"]),
         stages=tuple(StageReport(**s) for s in doc["stages"]),
     )

@@ -4,9 +4,11 @@ Public API: :class:`Observations`, :class:`Layout`, :func:`solve_bundle`,
 :class:`LMOptions`, :class:`LMReport`, :data:`TERMINATION_MESSAGES`.
 """
 
-from ._bundle import BundleProblem, BundleSolution, Layout, Observations, solve_bundle, warm_up
+from ..model import Observations
+from ..options import LMOptions
+from ._bundle import BundleProblem, BundleSolution, Layout, solve_bundle, warm_up
 from ._reference import ScipyProblem
-from ._lm import TERMINATION_MESSAGES, LMOptions, LMReport, levenberg_marquardt
+from ._lm import TERMINATION_MESSAGES, LMReport, levenberg_marquardt
 from ._schur import SchurStructure
 
 __all__ = [

@@ -8,67 +8,11 @@ import time
 import numpy as np
 
 from .. import projection
-from ._lm import LMOptions, LMReport, levenberg_marquardt
+from ..model import Observations
+from ..options import LMOptions
+from ._lm import LMReport, levenberg_marquardt
 from . import _kernels
 from ._schur import NormalEquations, SchurStructure
-
-
-@dataclasses.dataclass(frozen=True)
-class Observations:
-    """Marker observations of one tilt series.
-
-    Attributes
-    ----------
-    marker_index : ndarray of int, shape (n_obs,)
-        Row of the marker (0-based, into the points array).
-    view_index : ndarray of int, shape (n_obs,)
-        Row of the view (0-based, into the view-parameter array).
-    xy_px : ndarray, shape (n_obs, 2)
-        Observed image positions (IMOD pixel convention).
-    weight : ndarray, shape (n_obs,)
-        Least-squares weight of each observation (both coordinates).
-    n_markers, n_views : int
-    centre_xy_px : tuple of 2 floats
-        Image centre ``(nx/2, ny/2)``.
-    """
-
-    marker_index: np.ndarray
-    view_index: np.ndarray
-    xy_px: np.ndarray
-    weight: np.ndarray
-    n_markers: int
-    n_views: int
-    centre_xy_px: tuple
-
-    def __post_init__(self):
-        n = len(self.marker_index)
-        if self.xy_px.shape != (n, 2):
-            raise ValueError(f"xy_px must have shape ({n}, 2), got {self.xy_px.shape}")
-        if self.view_index.shape != (n,) or self.weight.shape != (n,):
-            raise ValueError("marker_index, view_index and weight must have the same length")
-        if n and (self.marker_index.min() < 0 or self.marker_index.max() >= self.n_markers):
-            raise ValueError(f"marker_index must lie in [0, {self.n_markers}), got {self.marker_index.min()}..{self.marker_index.max()}")
-        if n and (self.view_index.min() < 0 or self.view_index.max() >= self.n_views):
-            raise ValueError(f"view_index must lie in [0, {self.n_views}), got {self.view_index.min()}..{self.view_index.max()}")
-        if not np.all(np.isfinite(self.xy_px)):
-            raise ValueError("xy_px contains NaN or Inf")
-        if np.any(self.weight < 0) or not np.all(np.isfinite(self.weight)):
-            raise ValueError("weight must be finite and >= 0")
-
-    def with_weight(self, weight):
-        """A copy with other weights."""
-        return dataclasses.replace(self, weight=np.asarray(weight, dtype=float))
-
-    def subset(self, keep):
-        """A copy holding only the observations where ``keep`` is True."""
-        keep = np.asarray(keep, dtype=bool)
-        return dataclasses.replace(
-            self,
-            marker_index=self.marker_index[keep],
-            view_index=self.view_index[keep],
-            xy_px=self.xy_px[keep],
-            weight=self.weight[keep],
-        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from ..options import LMOptions
+
 #: Termination reasons, keyed by status (scipy.optimize.least_squares codes).
 TERMINATION_MESSAGES = {
     0: "The maximum number of iterations is exceeded.",
@@ -21,43 +23,6 @@ TERMINATION_MESSAGES = {
     4: "Both `ftol` and `xtol` termination conditions are satisfied.",
     5: "No step reduces the cost any more (damping exceeded 1e16); the point is a minimum to machine precision.",
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class LMOptions:
-    """Options of the Levenberg-Marquardt loop.
-
-    Attributes
-    ----------
-    max_iterations : int
-        Maximum number of accepted or rejected steps (each costs one
-        residual evaluation).
-    ftol : float
-        Stop when an accepted step reduces the cost by less than
-        ``ftol * cost`` (and the model predicted as little).
-    xtol : float
-        Stop when the scaled step is shorter than ``xtol * (|x| + xtol)``.
-    gtol : float
-        Stop when the largest scaled gradient component is below ``gtol``.
-    initial_damping : float
-        Starting ``mu`` relative to the Marquardt scaling.
-    """
-
-    max_iterations: int = 200
-    ftol: float = 1e-10
-    xtol: float = 1e-10
-    gtol: float = 1e-10
-    initial_damping: float = 1e-4
-
-    def __post_init__(self):
-        if not (isinstance(self.max_iterations, (int, np.integer)) and self.max_iterations >= 1):
-            raise ValueError(f"max_iterations must be an integer >= 1, got {self.max_iterations!r}")
-        for name in ("ftol", "xtol", "gtol"):
-            value = getattr(self, name)
-            if not (np.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not (np.isfinite(self.initial_damping) and self.initial_damping > 0):
-            raise ValueError(f"initial_damping must be > 0, got {self.initial_damping!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import InputError
-from .prepare import SeriesSpec
+from ..io.errors import InputError
+from ..model import SeriesSpec
 
 REQUIRED = ("series", "markers", "tilts", "tilt_axis_angle")
 OPTIONAL = ("stack", "width", "height", "prexg", "tilt_offset", "exclude_views", "pixel_size")

@@ -1,0 +1,94 @@
+"""From the workflow config to rule params and option dataclasses.
+
+Each rule's ``params`` hold exactly the config values the rule reads, so
+that Snakemake (whose default rerun triggers include params) re-runs a rule
+when, and only when, one of *its* values changes.  :data:`RULE_KEYS` says
+which keys each rule reads; the stages' keys come from their declarations
+(:mod:`tiltflow.stages`).
+
+Imports only the standard library and the light :mod:`tiltflow.options`
+and :mod:`tiltflow.stages` modules: building the DAG must stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..options import AlignOptions, CoarseOptions, LMOptions, ReconOptions
+from ..stages import get_stage
+
+#: Config keys read by each rule that is not an alignment stage (dotted paths into the config).
+#: The coarse stage reads ``coarse.*`` only for series with a stack.
+RULE_KEYS = {
+    "align_coarse": ("align.reference_view", "coarse"),
+    "write_alignment": tuple(f"align.{k}" for k in ("rotation", "scale", "tilt")),
+    "reconstruct_tomogram": ("reconstruct",),
+}
+
+#: Config key -> (options class, field name): where each science key lands.  The config's defaults
+#: (schema, shipped config.yaml, config/README.md) must equal these fields' defaults.
+OPTION_FIELDS = {
+    **{f"align.{k}": (AlignOptions, k) for k in ("rotation", "scale", "tilt", "reference_view", "polish")},
+    "align.max_iterations": (LMOptions, "max_iterations"),
+    "align.ftol": (LMOptions, "ftol"),
+    "robust": (AlignOptions, "robust"),
+    **{f"coarse.{f.name}": (CoarseOptions, f.name) for f in dataclasses.fields(CoarseOptions)
+       if f.name != "axis_search_pairs"},
+    **{f"reconstruct.{k}": (ReconOptions, k) for k in ("binning", "lowpass_cutoff", "lowpass_sigma",
+                                                        "sirt_iterations", "slab_rows", "oversampling", "dtype")},
+    "reconstruct.thickness": (ReconOptions, "thickness_px"),
+    "reconstruct.z_offset": (ReconOptions, "z_offset_px"),
+}
+
+
+def stage_params(stage, config):
+    """The config values the L-M stage ``stage`` reads, as a flat dict (its rule's params)."""
+    align = config.get("align") or {}
+    values = {**align, "robust": config.get("robust")}  # None: the option's default
+    return {k: values.get(k) for k in get_stage(stage).config_keys()}
+
+
+def coarse_params(config, has_stack):
+    """Params of the coarse stage: the reference view and, with a stack, the ``coarse`` section."""
+    params = {"reference_view": (config.get("align") or {}).get("reference_view")}
+    if has_stack:
+        params["coarse"] = dict(config.get("coarse") or {})
+    return params
+
+
+def write_params(config):
+    """Params of ``write_alignment``: what the full model frees (for the leave-out and standard errors)."""
+    align = config.get("align") or {}
+    return {k.split(".", 1)[1]: align.get(k.split(".", 1)[1]) for k in RULE_KEYS["write_alignment"]}
+
+
+def recon_params(config):
+    """Params of ``reconstruct_tomogram``: the ``reconstruct`` section."""
+    return {"reconstruct": dict(config.get("reconstruct") or {})}
+
+
+def _from_config(cls, values, names=None):
+    """``cls`` built from the config ``values`` that are given (not None) and are its fields;
+    the dataclass's own defaults stand for the rest.  ``names`` maps config keys to field names."""
+    names = names or {}
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {names.get(k, k): v for k, v in values.items() if v is not None}
+    return cls(**{k: v for k, v in kwargs.items() if k in fields})
+
+
+def align_options(params):
+    """:class:`~tiltflow.options.AlignOptions` from a (partial) flat dict of ``align`` values and ``robust``."""
+    return _from_config(AlignOptions, {**params, "lm": _from_config(LMOptions, params)})
+
+
+def coarse_options(params):
+    """:class:`~tiltflow.options.CoarseOptions` from params holding a ``coarse`` section."""
+    return _from_config(CoarseOptions, dict(params.get("coarse") or {}))
+
+
+def recon_options(params):
+    """:class:`~tiltflow.options.ReconOptions` from params holding a ``reconstruct`` section."""
+    names = {k.split(".", 1)[1]: field for k, (cls, field) in OPTION_FIELDS.items()
+             if cls is ReconOptions and k.split(".", 1)[1] != field}
+    return _from_config(ReconOptions, dict(params.get("reconstruct") or {}), names)
+

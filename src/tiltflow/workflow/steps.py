@@ -1,0 +1,143 @@
+"""One function per alignment, plot and reconstruction rule.
+
+Each reads its inputs through :mod:`tiltflow.io`, calls one package
+function and writes its outputs through :mod:`tiltflow.io`; no numerics
+here.  The scripts in ``scripts/`` only unpack ``snakemake.*`` and call
+these, so every rule can be run and tested without Snakemake.  Numerical
+modules are imported inside the step that uses them, so a job loads only
+what its rule needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .. import io
+from ..io.state import load_prepared, load_state, save_prepared, save_state
+from ..io.tables import read_json, read_table, write_json, write_table
+from .config import align_options, coarse_options, recon_options
+from .sheet import series_spec
+
+log = logging.getLogger(__name__)
+
+
+def import_markers(row, out_prepared):
+    """Rule ``import_markers``: validate one sheet row's files, write ``prepared.json``."""
+    from ..prepare import prepare
+
+    spec = series_spec(row)
+    prepared = prepare(spec)
+    s = prepared.series
+    log.info("%s: %d markers, %d views, %d observations (%s)", spec.name, s.obs.n_markers, s.n_views,
+             len(s.obs.view_index), spec.markers)
+    save_prepared(out_prepared, prepared)
+
+
+def align_coarse(prepared_path, params, out_state, out_coarse_xf):
+    """Rule ``align_coarse``: coarse shifts (images when there is a stack, else markers)
+    and the starting 3D positions (:func:`tiltflow.align.coarse_stage`).
+
+    ``coarse.xf`` maps raw views onto the reference view.
+    """
+    from ..align import coarse_stage
+    from ..io.mrc import Stack
+
+    prepared = load_prepared(prepared_path)
+    options, c_options = align_options(params), coarse_options(params)
+    if prepared.stack:
+        with Stack(prepared.stack) as stack:
+            state, coarse_xf, report = coarse_stage(prepared, options, c_options, stack)
+    else:
+        state, coarse_xf, report = coarse_stage(prepared, options, c_options)
+    io.write_xf(out_coarse_xf, coarse_xf)
+    save_state(out_state, state, extra={"coarse": report})
+
+
+def align_stage(stage, prepared_path, state_path, params, out_state):
+    """Rules ``align_initial`` ... ``align_polish``: one L-M stage (:func:`tiltflow.align.run_stage`)."""
+    from ..align import run_stage
+
+    prepared = load_prepared(prepared_path)
+    state = load_state(state_path)
+    save_state(out_state, run_stage(stage, prepared.series, state, align_options(params)))
+
+
+def write_alignment(prepared_path, state_path, params, series_name, out, coarse_path=None):
+    """Rule ``write_alignment``: IMOD files, ``fiducials.tsv`` and ``summary.json``.
+
+    Parameters
+    ----------
+    params : mapping
+        What the full model frees (:func:`tiltflow.workflow.config.write_params`),
+        for the leave-out error and the standard errors.
+    out : mapping
+        Paths for ``xf``, ``tlt``, ``xyz``, ``fiducials`` and ``summary``,
+        and optionally ``views``, ``markers`` and ``large_residuals``.
+    coarse_path : str, optional
+        The coarse stage's state file, whose report goes into the summary.
+    """
+    from ..outputs import build_result
+
+    prepared = load_prepared(prepared_path)
+    state = load_state(state_path)
+    coarse = read_json(coarse_path).get("coarse") if coarse_path else None
+    t0 = time.perf_counter()
+    result = build_result(prepared, state, align_options(params), series_name, coarse)
+    log.info("outputs computed in %.3f s", time.perf_counter() - t0)
+    io.write_xf(out["xf"], result.xf)
+    io.write_tlt(out["tlt"], result.tilt_deg)
+    io.write_xyz(out["xyz"], result.points_xyz_px, result.contour_ids,
+                 (prepared.series.width, prepared.series.height), prepared.pixel_size_angstrom)
+    write_table(out["fiducials"], result.fiducials, float_format="%.4f")
+    for key, table in (("views", result.views_table), ("markers", result.markers_table),
+                       ("large_residuals", result.large_residuals)):
+        if key in out:
+            write_table(out[key], table)
+    write_json(out["summary"], result.summary)
+
+
+def plot_alignment(fiducials_path, views_path, markers_path, summary_path, out):
+    """Rule ``plot_alignment``: the diagnostic PNGs of one series (:mod:`tiltflow.plots`)."""
+    from .. import plots
+
+    fid = read_table(fiducials_path, text_columns=("marker",))
+    views = read_table(views_path)
+    markers = read_table(markers_path, text_columns=("marker",))
+    width, height = read_json(summary_path)["image_size"]
+    plots.save_all(fid, views, markers, out, (width / 2.0, height / 2.0))
+
+
+def plot_summary(summary_tsv, out_png):
+    """Rule ``plot_summary``: cross-series residual chart."""
+    from .. import plots
+
+    plots.summary_plot(read_table(summary_tsv), out_png)
+
+
+def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_json, threads=1):
+    """Rule ``reconstruct_tomogram``: weighted back-projection from the raw stack
+    (:func:`tiltflow.reconstruct.reconstruct`).
+
+    Reads the series' ``.xf`` and ``.tlt`` (the same files IMOD would use),
+    writes ``tomogram.mrc`` (``data[z, y, x]``, voxel size in the header)
+    slab by slab, and ``tomogram.json``.
+    """
+    import numba
+
+    from ..io.mrc import SlabWriter, Stack
+    from ..reconstruct import reconstruct, volume_shape
+
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    prepared = load_prepared(prepared_path)
+    if not prepared.stack:
+        raise ValueError(f"{prepared_path}: the series has no stack to reconstruct")
+    options = recon_options(params)
+    xf = io.read_xf(xf_path, prepared.series.n_views)
+    tilts = io.read_tilts(tlt_path)
+    voxel = prepared.pixel_size_angstrom * options.binning
+    with Stack(prepared.stack) as stack:
+        shape = volume_shape(stack.shape, options)
+        with SlabWriter(out_mrc, shape, options.dtype, voxel) as writer:
+            _, stats = reconstruct(stack, xf, tilts, options, ~prepared.series.excluded, write_slab=writer.write)
+    write_json(out_json, {**stats, "voxel_size_angstrom": voxel, "threads": int(threads)})
