@@ -40,7 +40,8 @@ def test_markers_and_stack_align_like_markers_alone(stack_series):
     # the image search moved towards the axis (sheet said -2, truth -6; on this small 256 px,
     # 41-view series it lands 1.6 degrees off) and the markers, the authority, find it
     assert abs(with_stack["tilt_axis_image_deg"] - (-6.0)) < 2.0
-    assert with_stack["tilt_axis_image_uncertainty_deg"] >= 0
+    # the bootstrap spread of the estimate: positive (views disagree a little) and well below a degree
+    assert 0.0 < with_stack["tilt_axis_image_uncertainty_deg"] < 0.5
     assert abs(with_stack["tilt_axis_deg_mean"] - (-6.0)) < 0.1
     # the same least-squares optimum either way
     assert with_stack["mean_residual"] == pytest.approx(markers_only["mean_residual"], rel=1e-6)

@@ -1,0 +1,137 @@
+"""For every config key: changing it re-runs exactly the rules that read it (and what depends on
+their outputs), nothing else -- read from Snakemake's dry-run job list."""
+
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO
+from test_config import LEAVES
+from test_workflow import jobs_planned, small_series, snakemake
+
+from tiltflow import io, simulate
+
+#: A value other than the default for every config key (a new key needs an entry here).
+CHANGED = {
+    "align.rotation": "single",
+    "align.scale": "fixed",
+    "align.tilt": "offset",
+    "align.reference_view": 15,
+    "align.polish": False,
+    "align.max_iterations": 150,
+    "align.ftol": 1.0e-9,
+    "coarse.binning": 2,
+    "coarse.taper_fraction": 0.15,
+    "coarse.filter_sigma1": 0.02,
+    "coarse.filter_radius2": 0.1,
+    "coarse.filter_sigma2": 0.04,
+    "coarse.weak_peak_ratio": 0.4,
+    "coarse.axis_search": False,
+    "coarse.axis_search_range_deg": 6.0,
+    "reconstruct.thickness": 100,
+    "reconstruct.binning": 4,
+    "reconstruct.z_offset": 4.0,
+    "reconstruct.lowpass_cutoff": 0.3,
+    "reconstruct.lowpass_sigma": 0.05,
+    "reconstruct.sirt_iterations": 5,
+    "reconstruct.slab_rows": 16,
+    "reconstruct.oversampling": 8,
+    "reconstruct.dtype": "float16",
+    "robust": False,
+    "tiltseries": "copy_of_sheet.tsv",
+}
+
+STAGES = ("align_initial", "align_main", "align_tilt", "align_polish")
+#: Which rules read each key, written out by hand ("st" is the series with a stack, "m" has markers only).
+READERS = {
+    "align.rotation": {r: ("m", "st") for r in (*STAGES, "write_alignment")},
+    "align.scale": {r: ("m", "st") for r in ("align_main", "align_tilt", "align_polish", "write_alignment")},
+    "align.tilt": {r: ("m", "st") for r in ("align_tilt", "align_polish", "write_alignment")},
+    "align.reference_view": {"align_coarse": ("m", "st")},
+    "align.polish": {"write_alignment": ("m", "st")},  # reads the tilt stage instead; align_polish is not run
+    "align.max_iterations": {r: ("m", "st") for r in STAGES},
+    "align.ftol": {r: ("m", "st") for r in STAGES},
+    "robust": {r: ("m", "st") for r in ("align_main", "align_tilt", "align_polish")},
+    **{k: {"align_coarse": ("st",)} for k in CHANGED if k.startswith("coarse.")},
+    **{k: {"reconstruct_tomogram": ("st",)} for k in CHANGED if k.startswith("reconstruct.")},
+    "tiltseries": {},
+}
+
+#: What each rule's outputs feed, per series (summarize and plot_summary are one job for all).
+FEEDS = {
+    "align_coarse": ("align_initial",),
+    "align_initial": ("align_main",),
+    "align_main": ("align_tilt",),
+    "align_tilt": ("align_polish", "write_alignment"),
+    "align_polish": ("write_alignment",),
+    "write_alignment": ("plot_alignment", "reconstruct_tomogram", "summarize"),
+    "summarize": ("plot_summary",),
+}
+
+
+def expected_jobs(key):
+    jobs = set()
+    todo = [(rule, s) for rule, series in READERS[key].items() for s in series]
+    while todo:
+        rule, s = todo.pop()
+        if rule == "reconstruct_tomogram" and s != "st":
+            continue
+        if key == "align.polish" and rule == "align_polish":
+            continue
+        if rule in ("summarize", "plot_summary"):
+            s = "all"
+        if (rule, s) in jobs:
+            continue
+        jobs.add((rule, s))
+        todo += [(nxt, s) for nxt in FEEDS.get(rule, ())]
+    counts = {}
+    for rule, _ in jobs:
+        counts[rule] = counts.get(rule, 0) + 1
+    if counts:
+        counts["all"] = 1
+    return counts
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A marker-only series and a small series with a stack, run to completion."""
+    work = tmp_path_factory.mktemp("reruns")
+    small_series(work / "m", 5)
+    spec = simulate.SimulationSpec(n_views=31, n_markers=10, n_full_tracks=6, width=160, height=160,
+                                   thickness_px=30.0, tilt_axis_deg=-6.0, shift_max_px=10.0, noise_px=0.3, seed=6)
+    sim = simulate.simulate(spec)
+    (work / "st").mkdir()
+    io.write_markers_csv(work / "st/m.csv", sim.marker + 1, sim.view, sim.xy_px)
+    io.write_tlt(work / "st/t.rawtlt", sim.nominal_tilt_deg, "8.2f")
+    views = simulate.render_stack(sim, 30.0, simulate.RenderSpec(n_blobs=300, dose=300.0, seed=6))
+    from tiltflow.io.mrc import write_stack
+
+    write_stack(work / "st/s.mrc", np.round(views).astype(np.int16), pixel_size_angstrom=8.0)
+    (work / "sheet.tsv").write_text(
+        "series\tmarkers\ttilts\ttilt_axis_angle\tstack\twidth\theight\n"
+        "m\tm/m.csv\tm/t.rawtlt\t-12.0\t\t800\t700\n"
+        "st\tst/m.csv\tst/t.rawtlt\t-5.0\tst/s.mrc\t\t\n"
+    )
+    shutil.copy(work / "sheet.tsv", work / "copy_of_sheet.tsv")
+    (work / "base.yaml").write_text(yaml.safe_dump({"tiltseries": "sheet.tsv"}))
+    snakemake(work, "--configfile", "base.yaml")
+    assert jobs_planned(work, "--configfile", "base.yaml") == {}
+    return work
+
+
+def test_every_key_is_covered():
+    assert set(CHANGED) == set(LEAVES) == set(READERS)
+
+
+@pytest.mark.parametrize("key", sorted(CHANGED))
+def test_changing_a_key_reruns_exactly_its_readers(project, key):
+    config = {"tiltseries": "sheet.tsv"}
+    section, _, name = key.rpartition(".")
+    if section:
+        config[section] = {name: CHANGED[key]}
+    else:
+        config[key] = CHANGED[key]
+    path = project / f"changed_{key}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert jobs_planned(project, "--configfile", path.name) == expected_jobs(key)
