@@ -33,20 +33,22 @@ def sheet_row(wildcards):
     return {k: (None if v != v else v) for k, v in row.items()}
 
 
+def existing(path):
+    """``[path]`` when the file exists, else ``[]``: a missing file fails its own series' import
+    (naming the row and column) instead of stopping the whole sheet before any job starts."""
+    return [path] if path and Path(path).is_file() else []
+
+
 def series_files(wildcards):
-    """Input files of a series: markers, tilts, and stack/prexg when given."""
+    """Input files of a series that exist: markers, tilts, and stack/prexg when given."""
     row = sheet.loc[wildcards.series]
-    files = {"markers": row["markers"], "tilts": row["tilts"]}
-    for key in ("stack", "prexg"):
-        if row[key]:
-            files[key] = row[key]
-    return files
+    return {key: existing(row[key]) for key in ("markers", "tilts", "stack", "prexg") if existing(row[key])}
 
 
 def coarse_inputs(wildcards):
     """The prepared series, and its stack when the sheet gives one (coarse alignment from images)."""
     files = {"prepared": f"results/{wildcards.series}/work/prepared.json"}
-    stack = sheet.loc[wildcards.series, "stack"]
+    stack = existing(sheet.loc[wildcards.series, "stack"])
     if stack:
         files["stack"] = stack
     return files
@@ -59,7 +61,7 @@ def coarse_stage_params(wildcards):
 
 def series_stack(wildcards):
     """The stack of a series (only series with one get a tomogram)."""
-    return sheet.loc[wildcards.series, "stack"]
+    return existing(sheet.loc[wildcards.series, "stack"])
 
 
 def final_stage(wildcards):

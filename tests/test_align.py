@@ -38,10 +38,9 @@ def test_options_are_obeyed():
     assert np.rad2deg(single.views[0, 1]) == pytest.approx(30.0, abs=0.05)
     np.testing.assert_allclose(single.views[:, 2], 1.0)
     np.testing.assert_allclose(np.rad2deg(single.views[:, 0]), series.nominal_tilt_deg, atol=1e-9)
-    fixed = align.align(series, align.AlignOptions(rotation="fixed", tilt="offset"))
+    fixed = align.align(series, align.AlignOptions(rotation="fixed", tilt="fixed"))
     np.testing.assert_allclose(np.rad2deg(fixed.views[:, 1]), 31.0)
-    dev = np.rad2deg(fixed.views[:, 0]) - series.nominal_tilt_deg
-    assert np.ptp(dev) < 1e-9  # one offset for all views
+    np.testing.assert_allclose(np.rad2deg(fixed.views[:, 0]), series.nominal_tilt_deg, atol=1e-9)
     full = align.align(series, align.AlignOptions())
     assert full.stages[-1].rms < fixed.stages[-1].rms  # a wrong fixed axis costs accuracy
     ref = full.reference_view

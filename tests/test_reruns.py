@@ -16,7 +16,7 @@ from tiltflow import io, simulate
 CHANGED = {
     "align.rotation": "single",
     "align.scale": "fixed",
-    "align.tilt": "offset",
+    "align.tilt": "fixed",
     "align.reference_view": 15,
     "align.polish": False,
     "align.max_iterations": 150,

@@ -27,7 +27,7 @@ def test_recovers_noise_free_truth_exactly():
     np.testing.assert_allclose(state.views[:, 1], sim.views[:, 1], atol=1e-6)
 
 
-@pytest.mark.parametrize("rotation,tilt", [("per_view", "per_view"), ("single", "offset"), ("fixed", "fixed")])
+@pytest.mark.parametrize("rotation,tilt", [("per_view", "per_view"), ("single", "fixed"), ("fixed", "fixed")])
 def test_schur_choices_and_numpy_path_agree(small_sim, rotation, tilt):
     """Eliminating points or views, compiled or numpy: the same normal equations and the same solution."""
     series = series_from_sim(small_sim)
@@ -98,3 +98,5 @@ def test_input_checks():
         LMOptions(max_iterations=0)
     with pytest.raises(ValueError, match="rotation must be one of"):
         align.AlignOptions(rotation="sometimes")
+    with pytest.raises(ValueError, match="tilt 'offset' cannot be solved from markers"):
+        align.AlignOptions(tilt="offset")

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -101,7 +102,7 @@ def test_nothing_to_redo_then_only_what_is_missing(project):
 
 
 def test_changing_a_science_parameter_reruns_only_affected_rules(project):
-    cfg = {"tiltseries": "sheet.tsv", "align": {"tilt": "offset"}}
+    cfg = {"tiltseries": "sheet.tsv", "align": {"tilt": "fixed"}}
     (project / "other.yaml").write_text(yaml.safe_dump(cfg))
     planned = jobs_planned(project, "--configfile", "other.yaml")
     assert planned == {"align_tilt": 2, "align_polish": 2, "write_alignment": 2, "summarize": 1,
@@ -212,3 +213,58 @@ def test_report_opens_in_headless_chromium_without_console_errors(project, tmp_p
     errors = [ln for ln in res.stderr.splitlines()
               if ("CONSOLE" in ln and ":ERROR:" in ln) or "Uncaught" in ln]
     assert not errors, "\n".join(errors)
+
+
+def test_bad_rows_fail_alone_and_bad_points_are_reported(tmp_path):
+    """A mis-clicked contour, a tilt file of zeros, a missing prexg and excluded view ranges in one sheet."""
+    sim = small_series(tmp_path / "good", 21)
+    small_series(tmp_path / "ranges", 22)
+    small_series(tmp_path / "contour", 23, n_views=41, n_markers=16)
+    # one extra 3-point contour clicked at random places in views 0-2 (the issue's 16 markers x 41 views)
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "contour/m.csv", "a", encoding="utf-8") as f:
+        for view, (x, y) in zip((0, 1, 2), rng.uniform(100, 600, (3, 2))):
+            f.write(f"99,{view},{x:.2f},{y:.2f}\n")
+    small_series(tmp_path / "zeros", 24)
+    (tmp_path / "zeros/t.rawtlt").write_text("0.0\n" * len(sim.nominal_tilt_deg))
+    small_series(tmp_path / "noprexg", 25)
+    (tmp_path / "sheet.tsv").write_text(
+        "series\tmarkers\ttilts\ttilt_axis_angle\twidth\theight\tprexg\texclude_views\n"
+        "good\tgood/m.csv\tgood/t.rawtlt\t-12.5\t800\t700\t\t\n"
+        "ranges\tranges/m.csv\tranges/t.rawtlt\t-12.5\t800\t700\t\t0-2, 29-30\n"
+        "contour\tcontour/m.csv\tcontour/t.rawtlt\t-12.5\t800\t700\t\t\n"
+        "zeros\tzeros/m.csv\tzeros/t.rawtlt\t-12.5\t800\t700\t\t\n"
+        "noprexg\tnoprexg/m.csv\tnoprexg/t.rawtlt\t-12.5\t800\t700\tnoprexg/missing.prexg\t\n"
+    )
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"tiltseries": "sheet.tsv"}))
+    res = snakemake(tmp_path, "--configfile", "c.yaml", check=False)  # the default profile keeps going
+    assert res.returncode != 0
+    for name in ("good", "ranges", "contour"):
+        assert (tmp_path / f"results/{name}/summary.json").is_file(), name
+    # excluded view ranges
+    assert json.loads((tmp_path / "results/ranges/summary.json").read_text())["excluded_views"] == [0, 1, 2, 29, 30]
+    # the mis-clicked contour is rejected and listed; the good points of views 0-2 keep their weight
+    summary = json.loads((tmp_path / "results/contour/summary.json").read_text())
+    assert [m["marker"] for m in summary["rejected_markers"]] == ["99"]
+    large = pd.read_csv(tmp_path / "results/contour/large_residuals.tsv", sep="\t", dtype={"marker": str})
+    assert large["marker"].head(3).tolist() == ["99"] * 3 and (large["weight"].head(3) == 0).all()
+    assert large["resid"].is_monotonic_decreasing
+    fid = pd.read_csv(tmp_path / "results/contour/fiducials.tsv", sep="\t", dtype={"marker": str})
+    good_early = fid[(fid["marker"] != "99") & fid["view"].isin([0, 1, 2]) & fid["x"].notna()]
+    assert (good_early["weight"] > 0.5).all()
+    assert "marker 99: all 3 observations rejected" in (tmp_path / "logs/contour/write_alignment.log").read_text()
+    # a tilt file of zeros is refused at import, naming the file
+    log = (tmp_path / "logs/zeros/import_markers.log").read_text()
+    assert "zeros/t.rawtlt: 31 tilt angles with 1 distinct value(s)" in log
+    # a missing file fails its own row, naming the series and the column
+    log = (tmp_path / "logs/noprexg/import_markers.log").read_text()
+    assert "sheet row noprexg: file(s) not found: prexg noprexg/missing.prexg" in log
+    partial = pd.read_csv(tmp_path / "results/summary.partial.tsv", sep="\t").set_index("series")
+    assert partial["outcome"].to_dict() == {"good": "done", "ranges": "done", "contour": "done",
+                                            "zeros": "failed", "noprexg": "failed"}
+
+
+def test_a_tilt_offset_mode_is_refused_with_the_reason(project):
+    (project / "offset.yaml").write_text(yaml.safe_dump({"tiltseries": "sheet.tsv", "align": {"tilt": "offset"}}))
+    res = snakemake(project, "--configfile", "offset.yaml", "-n", check=False)
+    assert res.returncode != 0 and "'offset' is not one of ['per_view', 'fixed']" in res.stdout + res.stderr

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from . import projection
-from .model import MIN_MARKERS_PER_VIEW, AlignmentState, StageReport
+from .model import MIN_MARKERS_PER_VIEW, MIN_OBSERVATIONS_PER_MARKER, AlignmentState, StageReport
 from .options import AlignOptions, CoarseOptions
 from .projection import DX, DY, ROT, SCALE, TILT
 from .solver import Layout, solve_bundle, warm_up
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Robust re-weighting rounds at most per stage (the weights usually settle in 2-4).
 MAX_ROBUST_ROUNDS = 10
+#: Robust scale groups: the views within this many places in tilt order of an observation's view.
+ROBUST_VIEW_WINDOW = 2
 #: The image tilt-axis estimate seeds the L-M stages when its bootstrap uncertainty is below this.
 AXIS_SEED_MAX_UNCERTAINTY_DEG = 1.0
 
@@ -236,12 +238,24 @@ def coarse_stage(prepared, options=AlignOptions(), coarse_options=CoarseOptions(
     return state, coarse_xf, report
 
 
-def _gauge_marker(series):
-    counts = np.bincount(series.obs.marker_index, minlength=series.obs.n_markers)
+def _gauge_marker(series, fit_weight=None):
+    """The marker whose 3D position is held: the one with most (weighted-in) observations."""
+    used = np.ones(len(series.obs.marker_index)) if fit_weight is None else (fit_weight > 0).astype(float)
+    counts = np.bincount(series.obs.marker_index, used, minlength=series.obs.n_markers)
     return int(np.argmax(counts))
 
 
-def stage_layout(stage, series, state, options):
+def rejected_markers(series, fit_weight):
+    """Markers none of whose observations keep a weight in the fit, shape (n_markers,) bool.
+
+    Their 3D positions are held (nothing determines them) and they are
+    reported; their observations stay in the tables with weight 0.
+    """
+    kept = np.bincount(series.obs.marker_index, (fit_weight > 0).astype(float), minlength=series.obs.n_markers)
+    return kept == 0
+
+
+def stage_layout(stage, series, state, options, fit_weight=None):
     """The free parameters of a stage, from its declaration (gauge: :mod:`tiltflow.stages`).
 
     Parameters
@@ -251,6 +265,9 @@ def stage_layout(stage, series, state, options):
     state : AlignmentState
         Gives the reference view.
     options : AlignOptions
+    fit_weight : ndarray, shape (n_obs,), optional
+        Weights in the fit: markers none of whose observations keep a
+        weight (:func:`rejected_markers`) have their positions held.
 
     Returns
     -------
@@ -277,19 +294,16 @@ def stage_layout(stage, series, state, options):
         if stage.hold_reference_xy:
             in_ref = np.unique(series.obs.marker_index[series.obs.view_index == ref])
             point_free[in_ref, :2] = False
-        point_free[_gauge_marker(series), :] = False
+        point_free[_gauge_marker(series, fit_weight), :] = False
+        if fit_weight is not None:
+            point_free[rejected_markers(series, fit_weight)] = False
     if stage.scale and options.scale == "per_view":
         view_free[strong, SCALE] = True
         view_free[ref, SCALE] = False  # the reference view keeps scale 1 throughout
-    if stage.tilt:
-        if options.tilt == "per_view":
-            view_free[strong, TILT] = True
-            if stage.points:
-                view_free[ref, TILT] = False
-        elif options.tilt == "offset" and not stage.points:
-            # with the 3D positions free a tilt offset is a pure gauge
-            view_free[has_obs, TILT] = True
-            shared.append(TILT)
+    if stage.tilt and options.tilt == "per_view":
+        view_free[strong, TILT] = True
+        if stage.points:  # tilts and positions free: one view's tilt fixes the rotation about the axis
+            view_free[ref, TILT] = False
     return Layout.from_masks(view_free, point_free, shared)
 
 
@@ -341,7 +355,7 @@ def output_frame(series, views, points):
     return translate(views, points, [t[0], t[1], 0.0])
 
 
-def robust_weights(resid_xy_px, k=9.0):
+def robust_weights(resid_xy_px, k=9.0, view_index=None, view_rank=None, window=ROBUST_VIEW_WINDOW):
     """Tukey bisquare weights of residual vectors (IMOD's robust scheme).
 
     The residual scale is estimated robustly as ``sigma = median(|r|) /
@@ -349,11 +363,23 @@ def robust_weights(resid_xy_px, k=9.0):
     ``sqrt(2 ln 2) sigma``); weights are ``(1 - (|r| / (k sigma))^2)^2``
     below the cut-off and 0 above it.
 
+    With ``view_index`` and ``view_rank``, each observation's scale is the
+    larger of the global one and that of its group of views (the views
+    within ``window`` places of its own in tilt order), as IMOD scales its
+    robust fit by groups of views: where one bad contour has dragged a few
+    views, their good points keep their weight (their residuals are judged
+    against their own group's, larger, scale) while the contour's points,
+    far beyond both, are still rejected.
+
     Parameters
     ----------
     resid_xy_px : ndarray, shape (n_obs, 2)
     k : float
         Cut-off in units of sigma.
+    view_index : ndarray of int, shape (n_obs,), optional
+    view_rank : ndarray of int, shape (n_views,), optional
+        Place of each view in tilt order.
+    window : int
 
     Returns
     -------
@@ -363,12 +389,21 @@ def robust_weights(resid_xy_px, k=9.0):
     length = np.hypot(resid_xy_px[:, 0], resid_xy_px[:, 1])
     if not len(length):
         return np.ones(0)
-    sigma = np.median(length) / np.sqrt(2.0 * np.log(2.0))
-    if sigma <= 0:
+    to_sigma = 1.0 / np.sqrt(2.0 * np.log(2.0))
+    sigma = np.full(len(length), np.median(length) * to_sigma)
+    if view_index is not None:
+        rank = np.asarray(view_rank)[view_index]
+        order = np.argsort(rank, kind="stable")
+        sorted_rank, sorted_len = rank[order], length[order]
+        for r in np.unique(rank):
+            lo, hi = np.searchsorted(sorted_rank, [r - window, r + window + 1])
+            local = np.median(sorted_len[lo:hi]) * to_sigma
+            sel = rank == r
+            sigma[sel] = np.maximum(sigma[sel], local)
+    if not np.all(sigma > 0):
         return np.ones(len(length))
     z = length / (k * sigma)
-    w = np.where(z < 1.0, (1.0 - z**2) ** 2, 0.0)
-    return w
+    return np.where(z < 1.0, (1.0 - z**2) ** 2, 0.0)
 
 
 def _retie_weak_views(series, views, points, weight, layout, options):
@@ -421,21 +456,27 @@ def run_stage(stage, series, state, options):
         if options.rotation == "single":
             views[:, ROT] = np.mean(views[:, ROT])
     points = state.points_xyz_px
-    layout = stage_layout(stage, series, state, options)
     robust = options.robust and stage.robust
     # a stage that is not robust fits with the input weights alone and passes the factors on
     factor = state.robust_weight if robust else np.ones(len(series.obs.view_index))
+    rank = np.empty(series.n_views, dtype=int)
+    rank[np.argsort(series.nominal_tilt_deg, kind="stable")] = np.arange(series.n_views)
     robust_rounds = 0
     iterations = 0
     while True:
         obs = series.obs.with_weight(series.obs.weight * factor)
+        layout = stage_layout(stage, series, state, options, obs.weight)
         sol = solve_bundle(obs, views, points, layout, options.lm)
         views, points = sol.views, sol.points_xyz_px
         iterations += sol.report.iterations
         if not robust or robust_rounds >= MAX_ROBUST_ROUNDS:
             break
         pred = projection.project(points, views, series.obs.marker_index, series.obs.view_index, series.centre_xy_px)
-        new_factor = robust_weights(pred - series.obs.xy_px, options.robust_k)
+        new_factor = robust_weights(pred - series.obs.xy_px, options.robust_k, series.obs.view_index, rank)
+        # a marker left with fewer than MIN_OBSERVATIONS_PER_MARKER points is fitted by its own position
+        # alone (its residuals say nothing): it is rejected whole, as the import drops such markers
+        kept = np.bincount(series.obs.marker_index, (new_factor > 0).astype(float), minlength=series.obs.n_markers)
+        new_factor[(kept < MIN_OBSERVATIONS_PER_MARKER)[series.obs.marker_index]] = 0.0
         robust_rounds += 1
         change = np.max(np.abs(new_factor - factor)) if len(factor) else 0.0
         factor = new_factor

@@ -12,6 +12,7 @@ reduced system.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import scipy.linalg
@@ -20,6 +21,8 @@ from . import projection
 from .align import stage_layout
 from .solver import BundleProblem, Layout, Observations
 from .stages import FULL_MODEL
+
+log = logging.getLogger(__name__)
 
 #: Leverage above which removing an observation leaves something undetermined.
 LEVERAGE_LIMIT = 0.99
@@ -116,7 +119,7 @@ def covariance(series, state, options):
         Which parameters the model has.
     """
     obs = series.obs.with_weight(state.fit_weight(series.obs))
-    layout = stage_layout(FULL_MODEL, series, state, options)
+    layout = stage_layout(FULL_MODEL, series, state, options, obs.weight)
     cost, ne = BundleProblem(obs, layout, "auto", compiled=True).linearize((state.views, state.points_xyz_px))
     hee_inv, w, s_inv = _covariance_blocks(ne)
     return Covariance(obs, layout, cost, ne, hee_inv, w, s_inv)
@@ -207,14 +210,26 @@ def _covariance_blocks(ne):
     hee = ne.hee.copy()
     gi, si = np.nonzero(~st.e_free)
     hee[gi, si, si] = 1.0
-    hee_inv = np.linalg.inv(hee)
+    try:
+        hee_inv = np.linalg.inv(hee)
+    except np.linalg.LinAlgError:
+        bad = [int(g) for g in range(st.n_groups) if np.linalg.matrix_rank(hee[g]) < b]
+        log.warning("%s blocks %s are not determined by their weighted observations; their standard errors and "
+                    "leave-out errors use a pseudo-inverse and are not meaningful",
+                    "marker" if st.eliminate == "points" else "view", bad)
+        hee_inv = np.linalg.pinv(hee)
     hee_inv[gi, si, :] = 0.0
     hee_inv[gi, :, si] = 0.0
     if m:
         w = hee_inv @ ne.hek
         nb = st.n_groups * b
         s = ne.hkk - ne.hek.reshape(nb, m).T @ w.reshape(nb, m)
-        s_inv = scipy.linalg.cho_solve(scipy.linalg.cho_factor(s), np.eye(m))
+        try:
+            s_inv = scipy.linalg.cho_solve(scipy.linalg.cho_factor(s), np.eye(m))
+        except np.linalg.LinAlgError:
+            log.warning("the reduced normal equations are singular (a view or marker is not determined by its "
+                        "weighted observations); standard errors and leave-out errors use a pseudo-inverse")
+            s_inv = np.linalg.pinv(s)
     else:
         w = np.zeros((st.n_groups, b, 0))
         s_inv = np.zeros((0, 0))

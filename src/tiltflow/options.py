@@ -19,7 +19,7 @@ import numbers
 
 ROTATION_MODES = ("per_view", "single", "fixed")
 SCALE_MODES = ("per_view", "fixed")
-TILT_MODES = ("per_view", "offset", "fixed")
+TILT_MODES = ("per_view", "fixed")
 
 
 def _is_int(value):
@@ -74,9 +74,13 @@ class AlignOptions:
         views, or held at the sheet's ``tilt_axis_angle``.
     scale : {"per_view", "fixed"}
         Magnification per view (reference view held at 1) or all 1.
-    tilt : {"per_view", "offset", "fixed"}
-        Tilt angles per view, one offset added to all nominal tilts, or
-        held at nominal (+ ``tilt_offset``).
+    tilt : {"per_view", "fixed"}
+        Tilt angles per view, or held at nominal (+ the sheet's
+        ``tilt_offset``).  A single offset for all views is not offered:
+        rotating the specimen and all tilts together leaves every
+        projection unchanged, so markers cannot determine it (the
+        two-surface analysis in ``summary.json`` suggests one; put it in
+        the sheet's ``tilt_offset``).
     reference_view : int or None
         0-based view whose scale (and tilt) fix the gauge and whose markers
         seed the initial stage; None picks the view nearest zero tilt.
@@ -104,6 +108,12 @@ class AlignOptions:
     lm: LMOptions = LMOptions()
 
     def __post_init__(self):
+        if self.tilt == "offset":
+            raise ValueError(
+                "tilt 'offset' cannot be solved from markers (a global tilt offset leaves every projection "
+                "unchanged); give it in the sheet's tilt_offset column (summary.json -> surfaces suggests one), "
+                "or use tilt: per_view or fixed"
+            )
         for name, allowed in (("rotation", ROTATION_MODES), ("scale", SCALE_MODES), ("tilt", TILT_MODES)):
             value = getattr(self, name)
             if value not in allowed:

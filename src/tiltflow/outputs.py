@@ -4,17 +4,20 @@ table and summary, computed from a prepared series and its final state."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pandas as pd
 
 from . import projection
-from .align import output_frame
+from .align import output_frame, rejected_markers
 from .diagnostics import covariance, leave_out, standard_errors
 from .model import AlignmentState, Prepared
 from .options import AlignOptions
 from .projection import ROT, SCALE, TILT
 from .surfaces import fit_surfaces
+
+log = logging.getLogger(__name__)
 
 FIDUCIAL_COLUMNS = ["marker", "view", "tilt", "x", "y", "x_fit", "y_fit", "resid_x", "resid_y", "weight"]
 
@@ -159,6 +162,12 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
         "empty_views": prepared.empty_views,
         "excluded_views": prepared.excluded_views,
         "empty_view_handling": "all parameters interpolated over tilt from neighbouring views",
+        "rejected_markers": [
+            {"marker": str(s.marker_ids[m]), "observations": int((s.obs.marker_index == m).sum()),
+             "reason": "the robust fit gave every observation weight 0 (a mis-clicked contour?); its position is "
+                       "held, its points are in large_residuals.tsv with weight 0"}
+            for m in np.flatnonzero(rejected_markers(s, weight))
+        ],
         "downweighted_observations": int(((weight > 0) & (weight < 0.5)).sum()),
         "downweighted": [
             {"marker": str(s.marker_ids[s.obs.marker_index[k]]), "view": int(s.obs.view_index[k]),
@@ -173,6 +182,9 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
         if search:
             summary["tilt_axis_image_deg"] = search["estimate_deg"]
             summary["tilt_axis_image_uncertainty_deg"] = search["uncertainty_deg"]
+    for item in summary["rejected_markers"]:
+        log.warning("marker %s: all %d observations rejected by the robust fit; dropped from the solution",
+                    item["marker"], item["observations"])
     se = standard_errors(s, state, options, cov)
     surf = fit_surfaces(points) if s.obs.n_markers >= 3 else None
     if surf is not None:
@@ -183,7 +195,8 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
                         views_table, markers_table, large)
 
 
-#: IMOD's ResidualReportCriterion: residuals this many SD above the mean are listed.
+#: IMOD's ResidualReportCriterion: residuals this many SD above the mean (of the used points) are listed,
+#: weight-0 points included.
 LARGE_RESIDUAL_SD = 3.0
 
 
@@ -248,8 +261,10 @@ def _tables(prepared, weight, views, points, r, loo, se, surf):
         "se_z": se.points_xyz_px[:, 2],
         "surface": surface,
     })
-    mu, sd = float(np.mean(length[used])), float(np.std(length[used]))
-    big = used & (length > mu + LARGE_RESIDUAL_SD * sd)
+    # IMOD's criterion on the points that are used; points the robust fit rejected (weight 0) are
+    # judged by the same threshold, so the worst points are never missing from the list
+    mu, sd = (float(np.mean(length[used])), float(np.std(length[used]))) if used.any() else (0.0, 0.0)
+    big = length > mu + LARGE_RESIDUAL_SD * sd
     order = np.argsort(-length[big])
     k = np.flatnonzero(big)[order]
     large = pd.DataFrame({

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +13,11 @@ from .model import (MIN_MARKERS_PER_VIEW, MIN_OBSERVATIONS_PER_MARKER, Observati
                     SeriesSpec)
 
 log = logging.getLogger(__name__)
+
+#: A tilt file must hold at least this many distinct angles ...
+MIN_DISTINCT_TILTS = 3
+#: ... spanning at least this many degrees (else tilts and 3D positions are not determined).
+MIN_TILT_RANGE_DEG = 5.0
 
 
 def image_size_from_stack(path):
@@ -29,8 +35,21 @@ def prepare(spec: SeriesSpec) -> Prepared:
         Anything inconsistent, naming the file, the line or view, what was
         expected and what was found.
     """
+    missing = [f"{column} {path}" for column, path in (("markers", spec.markers), ("tilts", spec.tilts),
+                                                        ("stack", spec.stack), ("prexg", spec.prexg))
+               if path and not Path(path).is_file()]
+    if missing:
+        raise InputError(f"sheet row {spec.name}: file(s) not found: {'; '.join(missing)} "
+                         f"(relative paths resolve against the working directory {Path.cwd()})")
     tilts = read_tilts(spec.tilts)
     n_views = len(tilts)
+    distinct = np.unique(np.round(tilts, 3))
+    if len(distinct) < MIN_DISTINCT_TILTS or np.ptp(tilts) < MIN_TILT_RANGE_DEG:
+        raise InputError(
+            f"{spec.tilts}: {n_views} tilt angles with {len(distinct)} distinct value(s) spanning "
+            f"{np.ptp(tilts):.2f} degrees; a tilt series needs at least {MIN_DISTINCT_TILTS} distinct angles "
+            f"spanning at least {MIN_TILT_RANGE_DEG:g} degrees"
+        )
     table = read_markers(spec.markers)
     pixel = None
     if spec.stack:

@@ -14,7 +14,7 @@ The gauge follows from the declaration, not from the stage's name:
   (the initial stage, whose scales and tilts are held).
 * scale free: the reference view's scale is held at 1.
 * tilt free together with the 3D positions: the reference view's tilt is
-  held, and a single tilt offset is not solved (it is a pure gauge then).
+  held (a rotation of the specimen about the tilt axis is a pure gauge).
 
 Shifts are free in every stage for every view with observations; the
 rotation follows ``align.rotation`` in every stage.

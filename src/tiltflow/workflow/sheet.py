@@ -64,19 +64,38 @@ def read_sheet(path):
             row[c] = _to_number(row[c], int, path, i, name, c)
         if row["tilt_offset"] is None:
             row["tilt_offset"] = 0.0
-        views = row["exclude_views"].replace(" ", "")
-        if views and not re.fullmatch(r"\d+(,\d+)*", views):
-            raise InputError(
-                f"{path}: line {i} ({name}): exclude_views {row['exclude_views']!r} must be comma-separated "
-                "0-based view numbers, e.g. 0,1,60"
-            )
-        row["exclude_views"] = views
+        row["exclude_views"] = ",".join(str(v) for v in parse_views(row["exclude_views"], f"{path}: line {i} ({name})"))
         records.append(row)
     out = pd.DataFrame.from_records(records)
     dups = out["series"][out["series"].duplicated()].tolist()
     if dups:
         raise InputError(f"{path}: series name(s) {', '.join(dups)} appear more than once; names must be unique")
     return out.set_index("series", drop=False)
+
+
+def parse_views(text, where="exclude_views"):
+    """0-based views from ``"0,3-7,60"`` (ranges inclusive, as IMOD writes them), sorted and unique.
+
+    Raises
+    ------
+    InputError
+        Naming ``where`` and what was expected.
+    """
+    text = (text or "").replace(" ", "")
+    if not text:
+        return []
+    if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", text):
+        raise InputError(f"{where}: exclude_views {text!r} must be comma-separated 0-based views or ranges, "
+                         "e.g. 0,1,60 or 0-2,58-60")
+    views = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        lo, hi = int(first), int(last or first)
+        if hi < lo:
+            raise InputError(f"{where}: exclude_views range {part!r} runs backwards; expected first-last with "
+                             "first <= last")
+        views.update(range(lo, hi + 1))
+    return sorted(views)
 
 
 def _to_number(text, kind, path, line, name, column, required=False):
@@ -99,7 +118,7 @@ def _to_number(text, kind, path, line, name, column, required=False):
 
 def series_spec(row) -> SeriesSpec:
     """A :class:`SeriesSpec` from one normalised sheet row (a mapping)."""
-    views = tuple(int(v) for v in str(row.get("exclude_views") or "").split(",") if v != "")
+    views = tuple(parse_views(str(row.get("exclude_views") or ""), f"sheet row {row['series']}"))
     return SeriesSpec(
         name=row["series"],
         markers=row["markers"],
