@@ -64,6 +64,15 @@ def series_stack(wildcards):
     return existing(sheet.loc[wildcards.series, "stack"])
 
 
+def provenance_inputs(wildcards):
+    """The series' final results (their times bound the run) and its input files (hashed)."""
+    s = wildcards.series
+    files = {"summary": f"results/{s}/summary.json", "xf": f"results/{s}/{s}.xf"}
+    if sheet.loc[s, "stack"]:
+        files["tomogram"] = f"results/{s}/tomogram.json"
+    return files
+
+
 def final_stage(wildcards):
     """State file of the last alignment stage (polish, or tilt when polish is off)."""
     stage = "polish" if config["align"]["polish"] else "tilt"
@@ -96,4 +105,5 @@ def all_outputs():
     files = [f"results/{s}/{f.format(series=s)}" for s in SERIES for f in per_series]
     files += [f"results/{s}/tomogram.{ext}" for s in SERIES if sheet.loc[s, "stack"] for ext in ("mrc", "json")]
     files += [f"results/{s}/plots/residual_vs_tilt.png" for s in SERIES]
+    files += [f"results/{s}/provenance.json" for s in SERIES]
     return files + ["results/summary.tsv", "results/summary.png"]

@@ -28,3 +28,21 @@ onerror:
 
 onsuccess:
     Path("results/summary.partial.tsv").unlink(missing_ok=True)
+
+
+rule write_provenance:
+    input:
+        unpack(provenance_inputs),
+    output:
+        provenance="results/{series}/provenance.json",
+    params:
+        row=sheet_row,
+        config=config,
+        workflow_dir=workflow.basedir,
+        log_dir="logs/{series}",
+    log:
+        "logs/{series}/write_provenance.log",
+    conda:
+        "../envs/tiltflow.yaml"
+    script:
+        "../scripts/write_provenance.py"

@@ -43,7 +43,7 @@ CHANGED = {
 }
 
 STAGES = ("align_initial", "align_main", "align_tilt", "align_polish")
-#: Which rules read each key, written out by hand ("st" is the series with a stack, "m" has markers only).
+#: Which rules read each key (besides write_provenance, which records them all), written out by hand ("st" is the series with a stack, "m" has markers only).
 READERS = {
     "align.rotation": {r: ("m", "st") for r in (*STAGES, "write_alignment")},
     "align.scale": {r: ("m", "st") for r in ("align_main", "align_tilt", "align_polish", "write_alignment")},
@@ -65,7 +65,8 @@ FEEDS = {
     "align_main": ("align_tilt",),
     "align_tilt": ("align_polish", "write_alignment"),
     "align_polish": ("write_alignment",),
-    "write_alignment": ("plot_alignment", "reconstruct_tomogram", "summarize"),
+    "write_alignment": ("plot_alignment", "reconstruct_tomogram", "summarize", "write_provenance"),
+    "reconstruct_tomogram": ("write_provenance",),
     "summarize": ("plot_summary",),
 }
 
@@ -73,6 +74,7 @@ FEEDS = {
 def expected_jobs(key):
     jobs = set()
     todo = [(rule, s) for rule, series in READERS[key].items() for s in series]
+    todo += [("write_provenance", s) for s in ("m", "st")]  # records the whole config
     while todo:
         rule, s = todo.pop()
         if rule == "reconstruct_tomogram" and s != "st":

@@ -97,7 +97,8 @@ def test_nothing_to_redo_then_only_what_is_missing(project):
     assert jobs_planned(project, "--configfile", "my.yaml") == {}
     (project / "results/s1/summary.json").unlink()
     planned = jobs_planned(project, "--configfile", "my.yaml")
-    assert planned == {"write_alignment": 1, "summarize": 1, "plot_alignment": 1, "plot_summary": 1, "all": 1}
+    assert planned == {"write_alignment": 1, "summarize": 1, "plot_alignment": 1, "plot_summary": 1,
+                       "write_provenance": 1, "all": 1}
     snakemake(project, "--configfile", "my.yaml")
 
 
@@ -106,7 +107,7 @@ def test_changing_a_science_parameter_reruns_only_affected_rules(project):
     (project / "other.yaml").write_text(yaml.safe_dump(cfg))
     planned = jobs_planned(project, "--configfile", "other.yaml")
     assert planned == {"align_tilt": 2, "align_polish": 2, "write_alignment": 2, "summarize": 1,
-                       "plot_alignment": 2, "plot_summary": 1, "all": 1}
+                       "plot_alignment": 2, "plot_summary": 1, "write_provenance": 2, "all": 1}
 
 
 def test_one_bad_series_does_not_stop_the_others(tmp_path):
@@ -268,3 +269,19 @@ def test_a_tilt_offset_mode_is_refused_with_the_reason(project):
     (project / "offset.yaml").write_text(yaml.safe_dump({"tiltseries": "sheet.tsv", "align": {"tilt": "offset"}}))
     res = snakemake(project, "--configfile", "offset.yaml", "-n", check=False)
     assert res.returncode != 0 and "'offset' is not one of ['per_view', 'fixed']" in res.stdout + res.stderr
+
+
+def test_provenance_records_what_made_the_results(project):
+    import hashlib
+
+    doc = json.loads((project / "results/s1/provenance.json").read_text())
+    assert doc["series"] == "s1" and doc["versions"]["numpy"] and doc["versions"]["snakemake"]
+    assert doc["tiltflow"]["version"] and doc["host"]["name"]
+    assert doc["config"]["align"]["rotation"] == "per_view" and doc["config"]["tiltseries"] == "sheet.tsv"
+    data = (project / "data/s1/m.csv").read_bytes()
+    assert doc["inputs"]["markers"] == {"path": "data/s1/m.csv", "bytes": len(data),
+                                        "sha256": hashlib.sha256(data).hexdigest()}
+    assert set(doc["inputs"]) == {"markers", "tilts"}
+    assert doc["started"] < doc["finished"]
+    if (REPO / ".git").exists():
+        assert len(doc["tiltflow"]["git_commit"]) == 40
