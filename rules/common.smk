@@ -34,9 +34,14 @@ def sheet_row(wildcards):
 
 
 def existing(path):
-    """``[path]`` when the file exists, else ``[]``: a missing file fails its own series' import
-    (naming the row and column) instead of stopping the whole sheet before any job starts."""
-    return [path] if path and Path(path).is_file() else []
+    """``[path]`` when the file exists or a rule makes it (the demo), else ``[]``: a missing file
+    fails its own series' import (naming the row and column) instead of stopping the whole sheet
+    before any job starts."""
+    if not path:
+        return []
+    if Path(path).is_file() or any(r.is_producer(path) for r in workflow.rules):
+        return [path]
+    return []
 
 
 def series_files(wildcards):
