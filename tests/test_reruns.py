@@ -6,7 +6,6 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO
 from test_config import LEAVES
 from test_workflow import jobs_planned, small_series, snakemake
 
