@@ -8,7 +8,7 @@ from snakemake.utils import validate
 # DAG is built with the code the jobs run; jobs inherit PYTHONPATH (a conda env holds only dependencies).
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from tiltflow.workflow.runtime import jobs_import_from
+from tiltflow.workflow.runtime import jobs_import_from, made_by_a_rule
 
 jobs_import_from(Path(workflow.basedir) / "src")
 
@@ -34,12 +34,14 @@ def sheet_row(wildcards):
 
 
 def existing(path):
-    """``[path]`` when the file exists or a rule makes it (the demo), else ``[]``: a missing file
-    fails its own series' import (naming the row and column) instead of stopping the whole sheet
-    before any job starts."""
+    """``[path]`` when the file exists or the workflow makes it (the demo), else ``[]``.
+
+    A missing file fails its own series' import (naming the row and column) instead of
+    stopping the whole sheet before any job starts.
+    """
     if not path:
         return []
-    if Path(path).is_file() or any(r.is_producer(path) for r in workflow.rules):
+    if Path(path).is_file() or made_by_a_rule(workflow, path):
         return [path]
     return []
 

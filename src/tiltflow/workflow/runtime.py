@@ -42,3 +42,8 @@ def jobs_import_from(src_dir):
     src = str(src_dir)
     rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != src]
     os.environ["PYTHONPATH"] = os.pathsep.join([src, *rest])
+
+
+def made_by_a_rule(workflow, path):
+    """Whether one of the workflow's rules produces ``path`` (e.g. the demo's simulated files)."""
+    return any(rule.is_producer(path) for rule in workflow.rules)
