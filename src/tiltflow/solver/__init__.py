@@ -7,7 +7,6 @@ Public API: :class:`Observations`, :class:`Layout`, :func:`solve_bundle`,
 from ..model import Observations
 from ..options import LMOptions
 from ._bundle import BundleProblem, BundleSolution, Layout, solve_bundle, warm_up
-from ._reference import ScipyProblem
 from ._lm import TERMINATION_MESSAGES, LMReport, levenberg_marquardt
 from ._schur import SchurStructure
 
@@ -25,3 +24,12 @@ __all__ = [
     "solve_bundle",
     "warm_up",
 ]
+
+
+def __getattr__(name):
+    # the scipy.sparse reference problem (tests, benchmarks) is imported on first use, not by every solve
+    if name == "ScipyProblem":
+        from ._reference import ScipyProblem
+
+        return ScipyProblem
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
