@@ -8,32 +8,16 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import yaml
-from test_workflow import SNAKEFILE, small_series, snakemake
+from test_workflow import SNAKEFILE, marker_and_stack_series, snakemake
 
-from tiltflow import io, simulate
-from tiltflow.io.mrc import write_stack
 
 TIMING = {"seconds", "solve_seconds", "compile_seconds", "filter_seconds", "updates_per_second", "threads"}
 
 
 def make_project(work):
-    small_series(work / "m", 31)
-    spec = simulate.SimulationSpec(n_views=31, n_markers=10, n_full_tracks=6, width=160, height=160,
-                                   thickness_px=30.0, tilt_axis_deg=-6.0, shift_max_px=10.0, noise_px=0.3, seed=7)
-    sim = simulate.simulate(spec)
-    (work / "st").mkdir()
-    io.write_markers_csv(work / "st/m.csv", sim.marker + 1, sim.view, sim.xy_px)
-    io.write_tlt(work / "st/t.rawtlt", sim.nominal_tilt_deg, "8.2f")
-    views = simulate.render_stack(sim, 30.0, simulate.RenderSpec(n_blobs=300, dose=300.0, seed=7))
-    write_stack(work / "st/s.mrc", np.round(views).astype(np.int16), pixel_size_angstrom=8.0)
-    (work / "sheet.tsv").write_text(
-        "series\tmarkers\ttilts\ttilt_axis_angle\tstack\twidth\theight\n"
-        "m\tm/m.csv\tm/t.rawtlt\t-12.0\t\t800\t700\n"
-        "st\tst/m.csv\tst/t.rawtlt\t-5.0\tst/s.mrc\t\t\n"
-    )
+    marker_and_stack_series(work, 31, 7)
     (work / "c.yaml").write_text(yaml.safe_dump({"tiltseries": "sheet.tsv", "reconstruct": {"thickness": 40}}))
 
 

@@ -3,13 +3,11 @@ their outputs), nothing else -- read from Snakemake's dry-run job list."""
 
 import shutil
 
-import numpy as np
 import pytest
 import yaml
 from test_config import LEAVES
-from test_workflow import jobs_planned, small_series, snakemake
+from test_workflow import jobs_planned, marker_and_stack_series, snakemake
 
-from tiltflow import io, simulate
 
 #: A value other than the default for every config key (a new key needs an entry here).
 CHANGED = {
@@ -98,22 +96,7 @@ def expected_jobs(key):
 def project(tmp_path_factory):
     """A marker-only series and a small series with a stack, run to completion."""
     work = tmp_path_factory.mktemp("reruns")
-    small_series(work / "m", 5)
-    spec = simulate.SimulationSpec(n_views=31, n_markers=10, n_full_tracks=6, width=160, height=160,
-                                   thickness_px=30.0, tilt_axis_deg=-6.0, shift_max_px=10.0, noise_px=0.3, seed=6)
-    sim = simulate.simulate(spec)
-    (work / "st").mkdir()
-    io.write_markers_csv(work / "st/m.csv", sim.marker + 1, sim.view, sim.xy_px)
-    io.write_tlt(work / "st/t.rawtlt", sim.nominal_tilt_deg, "8.2f")
-    views = simulate.render_stack(sim, 30.0, simulate.RenderSpec(n_blobs=300, dose=300.0, seed=6))
-    from tiltflow.io.mrc import write_stack
-
-    write_stack(work / "st/s.mrc", np.round(views).astype(np.int16), pixel_size_angstrom=8.0)
-    (work / "sheet.tsv").write_text(
-        "series\tmarkers\ttilts\ttilt_axis_angle\tstack\twidth\theight\n"
-        "m\tm/m.csv\tm/t.rawtlt\t-12.0\t\t800\t700\n"
-        "st\tst/m.csv\tst/t.rawtlt\t-5.0\tst/s.mrc\t\t\n"
-    )
+    marker_and_stack_series(work, 5, 6)
     shutil.copy(work / "sheet.tsv", work / "copy_of_sheet.tsv")
     (work / "base.yaml").write_text(yaml.safe_dump({"tiltseries": "sheet.tsv"}))
     snakemake(work, "--configfile", "base.yaml")

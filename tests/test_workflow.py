@@ -46,6 +46,27 @@ def small_series(folder, seed, n_views=31, n_markers=10):
     return sim
 
 
+def marker_and_stack_series(work, marker_seed, stack_seed):
+    """``sheet.tsv`` with a marker-only series ``m`` and a small series ``st`` that has a stack."""
+    from tiltflow.io.mrc import write_stack
+
+    small_series(work / "m", marker_seed)
+    spec = simulate.SimulationSpec(n_views=31, n_markers=10, n_full_tracks=6, width=160, height=160,
+                                   thickness_px=30.0, tilt_axis_deg=-6.0, shift_max_px=10.0, noise_px=0.3,
+                                   seed=stack_seed)
+    sim = simulate.simulate(spec)
+    (work / "st").mkdir()
+    io.write_markers_csv(work / "st/m.csv", sim.marker + 1, sim.view, sim.xy_px)
+    io.write_tlt(work / "st/t.rawtlt", sim.nominal_tilt_deg, "8.2f")
+    views = simulate.render_stack(sim, 30.0, simulate.RenderSpec(n_blobs=300, dose=300.0, seed=stack_seed))
+    write_stack(work / "st/s.mrc", np.round(views).astype(np.int16), pixel_size_angstrom=8.0)
+    (work / "sheet.tsv").write_text(
+        "series\tmarkers\ttilts\ttilt_axis_angle\tstack\twidth\theight\n"
+        "m\tm/m.csv\tm/t.rawtlt\t-12.0\t\t800\t700\n"
+        "st\tst/m.csv\tst/t.rawtlt\t-5.0\tst/s.mrc\t\t\n"
+    )
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """Two good series, run from a working directory outside the repository."""

@@ -51,8 +51,12 @@ def residual_stats(series, views, points, weight=None):
     """
     pred = projection.project(points, views, series.obs.marker_index, series.obs.view_index, series.centre_xy_px)
     r = pred - series.obs.xy_px
-    use = np.ones(len(r), dtype=bool) if weight is None else weight > 0
-    r = r[use]
+    return residual_summary(r, np.ones(len(r), dtype=bool) if weight is None else weight > 0)
+
+
+def residual_summary(resid_xy_px, used):
+    """``(rms, mean)`` of the residual vectors ``resid_xy_px`` (n_obs, 2) where ``used``; NaN if none."""
+    r = resid_xy_px[used]
     if not len(r):
         return float("nan"), float("nan")
     return float(np.sqrt(np.mean(r**2))), float(np.mean(np.hypot(r[:, 0], r[:, 1])))
@@ -251,8 +255,12 @@ def rejected_markers(series, fit_weight):
     Their 3D positions are held (nothing determines them) and they are
     reported; their observations stay in the tables with weight 0.
     """
-    kept = np.bincount(series.obs.marker_index, (fit_weight > 0).astype(float), minlength=series.obs.n_markers)
-    return kept == 0
+    return weighted_observations_per_marker(series, fit_weight) == 0
+
+
+def weighted_observations_per_marker(series, weight):
+    """Number of observations with weight > 0 of each marker, shape (n_markers,)."""
+    return np.bincount(series.obs.marker_index, (weight > 0).astype(float), minlength=series.obs.n_markers)
 
 
 def stage_layout(stage, series, state, options, fit_weight=None):
@@ -475,7 +483,7 @@ def run_stage(stage, series, state, options):
         new_factor = robust_weights(pred - series.obs.xy_px, options.robust_k, series.obs.view_index, rank)
         # a marker left with fewer than MIN_OBSERVATIONS_PER_MARKER points is fitted by its own position
         # alone (its residuals say nothing): it is rejected whole, as the import drops such markers
-        kept = np.bincount(series.obs.marker_index, (new_factor > 0).astype(float), minlength=series.obs.n_markers)
+        kept = weighted_observations_per_marker(series, new_factor)
         new_factor[(kept < MIN_OBSERVATIONS_PER_MARKER)[series.obs.marker_index]] = 0.0
         robust_rounds += 1
         change = np.max(np.abs(new_factor - factor)) if len(factor) else 0.0

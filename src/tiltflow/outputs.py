@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from . import projection
-from .align import output_frame, rejected_markers
+from .align import output_frame, rejected_markers, residual_summary
 from .diagnostics import covariance, leave_out, standard_errors
 from .model import AlignmentState, Prepared
 from .options import AlignOptions
@@ -133,8 +133,7 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
     fid = fiducial_table(prepared, views, points, weight, grid)
     resid = grid[s.obs.marker_index * s.n_views + s.obs.view_index] - s.obs.xy_px  # fit - observed, (n_obs, 2)
     used = weight > 0
-    rms = float(np.sqrt(np.mean(resid[used] ** 2))) if used.any() else float("nan")
-    mean = float(np.mean(np.hypot(resid[used, 0], resid[used, 1]))) if used.any() else float("nan")
+    rms, mean = residual_summary(resid, used)
     strong, weak, empty = s.view_classes()
     summary = {
         "series": series_name,

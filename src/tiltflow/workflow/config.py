@@ -2,9 +2,9 @@
 
 Each rule's ``params`` hold exactly the config values the rule reads, so
 that Snakemake (whose default rerun triggers include params) re-runs a rule
-when, and only when, one of *its* values changes.  :data:`RULE_KEYS` says
-which keys each rule reads; the stages' keys come from their declarations
-(:mod:`tiltflow.stages`).
+when, and only when, one of *its* values changes: the ``*_params``
+functions below say which keys each rule reads; the stages' keys come from
+their declarations (:mod:`tiltflow.stages`).
 
 Imports only the standard library and the light :mod:`tiltflow.options`
 and :mod:`tiltflow.stages` modules: building the DAG must stay fast.
@@ -17,13 +17,8 @@ import dataclasses
 from ..options import AlignOptions, CoarseOptions, LMOptions, ReconOptions
 from ..stages import get_stage
 
-#: Config keys read by each rule that is not an alignment stage (dotted paths into the config).
-#: The coarse stage reads ``coarse.*`` only for series with a stack.
-RULE_KEYS = {
-    "align_coarse": ("align.reference_view", "coarse"),
-    "write_alignment": tuple(f"align.{k}" for k in ("rotation", "scale", "tilt")),
-    "reconstruct_tomogram": ("reconstruct",),
-}
+#: ``reconstruct`` keys whose option field has another name (units in the name).
+RECON_FIELD_NAMES = {"thickness": "thickness_px", "z_offset": "z_offset_px"}
 
 #: Config key -> (options class, field name): where each science key lands.  The config's defaults
 #: (schema, shipped config.yaml, config/README.md) must equal these fields' defaults.
@@ -36,8 +31,7 @@ OPTION_FIELDS = {
        if f.name != "axis_search_pairs"},
     **{f"reconstruct.{k}": (ReconOptions, k) for k in ("binning", "lowpass_cutoff", "lowpass_sigma",
                                                         "sirt_iterations", "slab_rows", "oversampling", "dtype")},
-    "reconstruct.thickness": (ReconOptions, "thickness_px"),
-    "reconstruct.z_offset": (ReconOptions, "z_offset_px"),
+    **{f"reconstruct.{k}": (ReconOptions, field) for k, field in RECON_FIELD_NAMES.items()},
 }
 
 
@@ -59,7 +53,7 @@ def coarse_params(config, has_stack):
 def write_params(config):
     """Params of ``write_alignment``: what the full model frees (for the leave-out and standard errors)."""
     align = config.get("align") or {}
-    return {k.split(".", 1)[1]: align.get(k.split(".", 1)[1]) for k in RULE_KEYS["write_alignment"]}
+    return {k: align.get(k) for k in ("rotation", "scale", "tilt")}
 
 
 def recon_params(config):
@@ -88,7 +82,5 @@ def coarse_options(params):
 
 def recon_options(params):
     """:class:`~tiltflow.options.ReconOptions` from params holding a ``reconstruct`` section."""
-    names = {k.split(".", 1)[1]: field for k, (cls, field) in OPTION_FIELDS.items()
-             if cls is ReconOptions and k.split(".", 1)[1] != field}
-    return _from_config(ReconOptions, dict(params.get("reconstruct") or {}), names)
+    return _from_config(ReconOptions, dict(params.get("reconstruct") or {}), RECON_FIELD_NAMES)
 

@@ -85,6 +85,7 @@ def series_provenance(row, config, workflow_dir, log_dir, outputs):
         The series' results; their latest modification time gives the end.
     """
     commit, dirty = git_commit(workflow_dir)
+    packages = versions()
     inputs = {}
     for column in FILE_COLUMNS:
         path = row.get(column)
@@ -94,9 +95,9 @@ def series_provenance(row, config, workflow_dir, log_dir, outputs):
     ends = [Path(p).stat().st_mtime for p in outputs if Path(p).exists()]
     return {
         "series": row.get("series"),
-        "tiltflow": {"version": versions()["tiltflow"], "git_commit": commit, "git_dirty": dirty,
+        "tiltflow": {"version": packages["tiltflow"], "git_commit": commit, "git_dirty": dirty,
                      "workflow_dir": str(workflow_dir)},
-        "versions": versions(),
+        "versions": packages,
         "config": dict(config),
         "sheet_row": dict(row),
         "inputs": inputs,
