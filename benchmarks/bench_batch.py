@@ -2,10 +2,12 @@
 
 Writes N simulated series (16 markers x 41 views, CSV), runs the workflow on
 them with ``--cores 2`` in a scratch folder, and reports the wall time per
-series and where it goes: the solve (``summary.json`` -> ``solve_seconds``),
-the Python start-up plus imports of one job (a fresh interpreter importing
-what a stage job imports, measured apart), and the rest (Snakemake's
-scheduling, job start, I/O).
+series and where it goes: the CPU time of the Snakemake process itself
+(scheduling, file checks, metadata) and of its jobs, each rule's mean job
+time (from Snakemake's metadata), the Python start-up plus imports of one
+alignment-stage job (Snakemake's script preamble and what the stage imports,
+measured apart in a fresh interpreter), and the solve itself
+(``summary.json`` -> ``solve_seconds``).
 
     python benchmarks/bench_batch.py --series 16 [--out benchmarks/out/batch.json]
 """
@@ -13,6 +15,8 @@ scheduling, job start, I/O).
 from __future__ import annotations
 
 import argparse
+import base64
+import collections
 import json
 import statistics
 import subprocess
@@ -41,15 +45,44 @@ def write_series(folder, n):
     (folder / "c.yaml").write_text("tiltseries: sheet.tsv\n")
 
 
+#: Runs Snakemake in this interpreter and prints its own and its jobs' CPU seconds at exit.
+SNAKEMAKE_WITH_RUSAGE = """
+import atexit, json, resource, sys
+def report():
+    me, jobs = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"snakemake_cpu_seconds": me.ru_utime + me.ru_stime,
+                      "jobs_cpu_seconds": jobs.ru_utime + jobs.ru_stime}), file=sys.stderr)
+atexit.register(report)
+from snakemake.cli import main
+sys.argv = ["snakemake", *sys.argv[1:]]
+main()
+"""
+
+#: What an alignment-stage job imports: Snakemake's script preamble, then the step.
+STAGE_JOB_IMPORTS = ("from snakemake.logging import logger; from snakemake.iocontainers import Snakemake; "
+                     "import tiltflow.workflow.steps, tiltflow.workflow.runtime, tiltflow.align")
+
+
 def job_startup_seconds(repeats=5):
     """A fresh interpreter importing what a stage job imports (median of ``repeats``)."""
-    code = "import tiltflow.workflow.steps, tiltflow.align, tiltflow.io.state"
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(REPO / "src")})
+        subprocess.run([sys.executable, "-c", STAGE_JOB_IMPORTS], check=True,
+                       env={"PYTHONPATH": str(REPO / "src"), "OPENBLAS_NUM_THREADS": "1"})
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def job_seconds_by_rule(work):
+    """Mean wall time of one job of each rule, from Snakemake's metadata (start and end of each output)."""
+    jobs = collections.defaultdict(dict)
+    for f in (work / ".snakemake" / "metadata").iterdir():
+        meta = json.loads(f.read_text())
+        output = base64.b64decode(f.name.replace("@", "/")).decode()
+        series = output.split("/")[1] if output.startswith("results/") else ""
+        jobs[meta["rule"]][(series, meta["starttime"])] = meta["endtime"] - meta["starttime"]
+    return {rule: statistics.mean(t.values()) for rule, t in sorted(jobs.items())}
 
 
 def main(argv=None):
@@ -62,24 +95,34 @@ def main(argv=None):
         work = Path(tmp)
         write_series(work, args.series)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", "c.yaml",
-                        "--cores", str(args.cores), "--quiet"], cwd=work, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run = subprocess.run([sys.executable, "-c", SNAKEMAKE_WITH_RUSAGE, "-s", str(REPO / "Snakefile"),
+                              "--configfile", "c.yaml", "--cores", str(args.cores), "--quiet"],
+                             cwd=work, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - t0
+        cpu = json.loads(run.stderr.strip().splitlines()[-1])
         solve = [json.loads((work / f"results/s{k:03d}/summary.json").read_text())["solve_seconds"]
                  for k in range(args.series)]
         jobs = sum(1 for _ in (work / "logs").rglob("*.log"))
+        by_rule = job_seconds_by_rule(work)
     startup = job_startup_seconds()
+    n = args.series
     report = {
-        "series": args.series, "cores": args.cores, "jobs": jobs, "wall_seconds": wall,
-        "wall_per_series": wall / args.series, "solve_seconds_per_series": statistics.mean(solve),
-        "job_startup_and_imports_seconds": startup,
-        "startup_and_imports_per_series_cpu_seconds": startup * jobs / args.series,
+        "series": n, "cores": args.cores, "jobs": jobs, "wall_seconds": wall,
+        "wall_per_series": wall / n,
+        "snakemake_cpu_seconds_per_series": cpu["snakemake_cpu_seconds"] / n,
+        "jobs_cpu_seconds_per_series": cpu["jobs_cpu_seconds"] / n,
+        "stage_job_startup_and_imports_seconds": startup,
+        "solve_seconds_per_series": statistics.mean(solve),
+        "job_seconds_by_rule": by_rule,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     for k, v in report.items():
-        print(f"{k:45s} {v:.3f}" if isinstance(v, float) else f"{k:45s} {v}")
+        if isinstance(v, dict):
+            for rule, t in v.items():
+                print(f"  {rule:43s} {t:.3f}")
+        else:
+            print(f"{k:45s} {v:.3f}" if isinstance(v, float) else f"{k:45s} {v}")
 
 
 if __name__ == "__main__":

@@ -455,7 +455,7 @@ def run_stage(stage, series, state, options):
         (unchanged by a stage that is not robust) and its report appended.
     """
     stage = get_stage(stage) if isinstance(stage, str) else stage
-    warm_up()  # JIT loading is not solve time
+    warm_up(len(series.obs.view_index))  # JIT loading is not solve time
     t0 = time.perf_counter()
     views = tie_weak_views(series, state.views)
     if stage.reset:

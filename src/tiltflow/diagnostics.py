@@ -15,7 +15,6 @@ import dataclasses
 import logging
 
 import numpy as np
-import scipy.linalg
 
 from . import projection
 from .align import stage_layout
@@ -120,7 +119,7 @@ def covariance(series, state, options):
     """
     obs = series.obs.with_weight(state.fit_weight(series.obs))
     layout = stage_layout(FULL_MODEL, series, state, options, obs.weight)
-    cost, ne = BundleProblem(obs, layout, "auto", compiled=True).linearize((state.views, state.points_xyz_px))
+    cost, ne = BundleProblem(obs, layout, "auto").linearize((state.views, state.points_xyz_px))
     hee_inv, w, s_inv = _covariance_blocks(ne)
     return Covariance(obs, layout, cost, ne, hee_inv, w, s_inv)
 
@@ -225,7 +224,8 @@ def _covariance_blocks(ne):
         nb = st.n_groups * b
         s = ne.hkk - ne.hek.reshape(nb, m).T @ w.reshape(nb, m)
         try:
-            s_inv = scipy.linalg.cho_solve(scipy.linalg.cho_factor(s), np.eye(m))
+            l_inv = np.linalg.inv(np.linalg.cholesky(s))  # S^-1 = L^-T L^-1 (numpy only: no scipy.linalg load)
+            s_inv = l_inv.T @ l_inv
         except np.linalg.LinAlgError:
             log.warning("the reduced normal equations are singular (a view or marker is not determined by its "
                         "weighted observations); standard errors and leave-out errors use a pseudo-inverse")

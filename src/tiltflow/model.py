@@ -17,6 +17,29 @@ import dataclasses
 
 import numpy as np
 
+class Table(dict):
+    """A table as columns: name -> 1-D numpy array, all of one length, in file order.
+
+    What the TSV outputs are built from and read back as
+    (:func:`tiltflow.io.tables.write_table`, :func:`~tiltflow.io.tables.read_table`);
+    a plain mapping, so that jobs writing or plotting them need not import pandas.
+    """
+
+    @property
+    def columns(self):
+        """Column names in order."""
+        return list(self)
+
+    @property
+    def n_rows(self):
+        """Number of rows (0 for a table without columns)."""
+        return len(next(iter(self.values()))) if self else 0
+
+    def rows(self, mask):
+        """A new table of the rows selected by a boolean mask or an index array."""
+        return Table({k: np.asarray(v)[mask] for k, v in self.items()})
+
+
 #: Views with fewer observed markers than this are tied to their neighbours.
 MIN_MARKERS_PER_VIEW = 3
 #: Markers with fewer observations than this are dropped.

@@ -7,12 +7,11 @@ import dataclasses
 import logging
 
 import numpy as np
-import pandas as pd
 
 from . import projection
 from .align import output_frame, rejected_markers, residual_summary
 from .diagnostics import covariance, leave_out, standard_errors
-from .model import AlignmentState, Prepared
+from .model import AlignmentState, Prepared, Table
 from .options import AlignOptions
 from .projection import ROT, SCALE, TILT
 from .surfaces import fit_surfaces
@@ -38,11 +37,11 @@ class SeriesResult:
     tilt_deg : ndarray, shape (n_views,)
     contour_ids : ndarray of int, shape (n_markers,)
         Ids for the ``.xyz`` file (the marker id where it is an integer).
-    fiducials : pandas.DataFrame
+    fiducials : Table
         The marker x view grid, columns :data:`FIDUCIAL_COLUMNS`.
     summary : dict
         ``summary.json``.
-    views_table, markers_table, large_residuals : pandas.DataFrame
+    views_table, markers_table, large_residuals : Table
         ``views.tsv``, ``markers.tsv`` and ``large_residuals.tsv``.
     """
 
@@ -51,11 +50,11 @@ class SeriesResult:
     xf: np.ndarray
     tilt_deg: np.ndarray
     contour_ids: np.ndarray
-    fiducials: pd.DataFrame
+    fiducials: Table
     summary: dict
-    views_table: pd.DataFrame = None
-    markers_table: pd.DataFrame = None
-    large_residuals: pd.DataFrame = None
+    views_table: Table = None
+    markers_table: Table = None
+    large_residuals: Table = None
 
 
 def contour_ids(marker_ids):
@@ -99,7 +98,7 @@ def fiducial_table(prepared: Prepared, views, points, weight, fit=None):
     obs_xy[flat] = s.obs.xy_px
     w[flat] = weight
     resid = fit - obs_xy
-    return pd.DataFrame({
+    return Table({
         "marker": s.marker_ids[mi],
         "view": vi,
         "tilt": np.rad2deg(views[vi, TILT]),
@@ -189,7 +188,7 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
     if surf is not None:
         summary["surfaces"] = surf.to_dict()
     views_table, markers_table, large = _tables(prepared, weight, views, points, resid, loo, se, surf)
-    summary["n_large_residuals"] = int(len(large))
+    summary["n_large_residuals"] = large.n_rows
     return SeriesResult(views, points, xf, tilt_deg, contour_ids(s.marker_ids), fid, summary,
                         views_table, markers_table, large)
 
@@ -200,7 +199,7 @@ LARGE_RESIDUAL_SD = 3.0
 
 
 def _tables(prepared, weight, views, points, r, loo, se, surf):
-    """``views.tsv``, ``markers.tsv`` and ``large_residuals.tsv`` as DataFrames.
+    """``views.tsv``, ``markers.tsv`` and ``large_residuals.tsv`` as tables.
 
     ``weight`` (n_obs,) is each observation's weight in the fit, ``r``
     (n_obs, 2) its residual ``fit - observed`` in the output frame.
@@ -223,7 +222,7 @@ def _tables(prepared, weight, views, points, r, loo, se, surf):
     loo_v, _ = per(o.view_index, n_v, np.nan_to_num(loo_len), used & np.isfinite(loo_len))
     strong, weak, empty = s.view_classes()
     status = np.where(s.excluded, "excluded", np.where(empty, "interpolated", np.where(weak, "tied", "solved")))
-    views_table = pd.DataFrame({
+    views_table = Table({
         "view": np.arange(n_v),
         "tilt_nominal": s.nominal_tilt_deg,
         "tilt": np.rad2deg(views[:, TILT]),
@@ -247,7 +246,7 @@ def _tables(prepared, weight, views, points, r, loo, se, surf):
         surface = np.where(surf.surface == 1, "top", "bottom")
     else:
         surface = np.full(n_m, "")
-    markers_table = pd.DataFrame({
+    markers_table = Table({
         "marker": s.marker_ids,
         "x": points[:, 0] + s.width / 2.0,
         "y": points[:, 1] + s.height / 2.0,
@@ -266,7 +265,7 @@ def _tables(prepared, weight, views, points, r, loo, se, surf):
     big = length > mu + LARGE_RESIDUAL_SD * sd
     order = np.argsort(-length[big])
     k = np.flatnonzero(big)[order]
-    large = pd.DataFrame({
+    large = Table({
         "marker": s.marker_ids[o.marker_index[k]],
         "view": o.view_index[k],
         "x": o.xy_px[k, 0],

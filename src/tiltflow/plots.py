@@ -1,18 +1,33 @@
 """Diagnostic plots of one aligned series (matplotlib, Agg backend, PNG).
 
 Every function takes the tables tiltflow writes (``fiducials.tsv``,
-``views.tsv``, ``markers.tsv``) as DataFrames and returns a matplotlib
-Figure; :func:`save_all` writes the set.
+``views.tsv``, ``markers.tsv``) as read by :func:`tiltflow.io.tables.read_table`
+(name -> numpy array) and returns a matplotlib Figure; :func:`save_all`
+writes the set.
 """
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
+#: Figure margins in inches (left, right, bottom, top).  Fixed margins instead of
+#: ``tight_layout``, which draws every figure once more to measure it (a third of
+#: the plotting job's time).
+MARGINS_IN = (0.85, 0.2, 0.6, 0.35)
+#: Fast PNG compression (zlib level 1): ~10 % of the plotting time for files ~15 % larger.
+PNG_OPTIONS = {"compress_level": 1}
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+
+def _figure(figsize, nrows=1, ncols=1, bottom_in=None, **kw):
+    """A Figure (Agg when saved as PNG; no pyplot state) with ``nrows x ncols`` axes and fixed margins."""
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(nrows, ncols, **kw)
+    left, right, bottom, top = MARGINS_IN
+    bottom = bottom if bottom_in is None else bottom_in
+    w, h = figsize
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h, hspace=0.15)
+    return fig, axes
 
 #: name -> (function name, caption)
 PLOTS = {
@@ -27,10 +42,15 @@ PLOTS = {
 }
 
 
+def _observed(fid):
+    """The rows of the marker x view grid where the marker was observed."""
+    return fid.rows(np.isfinite(fid["x"]))
+
+
 def residual_vs_tilt(fid, views):
-    obs = fid.dropna(subset=["x"])
+    obs = _observed(fid)
     r = np.hypot(obs["resid_x"], obs["resid_y"])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure((7, 4))
     ax.scatter(obs["tilt"], r, s=4, alpha=0.4, label="observation")
     ax.plot(views["tilt"], views["mean_residual"], color="C3", label="view mean")
     ax.set_xlabel("tilt (deg)")
@@ -40,8 +60,8 @@ def residual_vs_tilt(fid, views):
 
 
 def residual_vectors(fid, views, magnify=40.0):
-    obs = fid.dropna(subset=["x"])
-    fig, ax = plt.subplots(figsize=(6, 6))
+    obs = _observed(fid)
+    fig, ax = _figure((6.6, 6))
     q = ax.quiver(obs["x"], obs["y"], obs["resid_x"] * magnify, obs["resid_y"] * magnify, obs["tilt"],
                   angles="xy", scale_units="xy", scale=1, width=0.002, cmap="viridis")
     fig.colorbar(q, ax=ax, label="tilt (deg)")
@@ -55,23 +75,23 @@ def residual_vectors(fid, views, magnify=40.0):
 
 def aligned_across(x, y, views_rows, centre_xy):
     """Position across the tilt axis in the aligned frame: ``[R(-a) (p - c - d) / s]_x``."""
-    a = np.deg2rad(views_rows["rotation"].to_numpy())
-    px = x - centre_xy[0] - views_rows["dx"].to_numpy()
-    py = y - centre_xy[1] - views_rows["dy"].to_numpy()
-    return (np.cos(a) * px + np.sin(a) * py) / views_rows["scale"].to_numpy()
+    a = np.deg2rad(views_rows["rotation"])
+    px = x - centre_xy[0] - views_rows["dx"]
+    py = y - centre_xy[1] - views_rows["dy"]
+    return (np.cos(a) * px + np.sin(a) * py) / views_rows["scale"]
 
 
 def trajectories(fid, views, centre_xy=(0.0, 0.0), max_markers=30):
-    fig, ax = plt.subplots(figsize=(7, 5))
-    v = views.set_index("view")
-    for k, (marker, g) in enumerate(fid.groupby("marker", sort=False)):
-        if k >= max_markers:
-            break
-        rows = v.loc[g["view"]]
-        fit = aligned_across(g["x_fit"].to_numpy(), g["y_fit"].to_numpy(), rows, centre_xy)
-        obs = aligned_across(g["x"].to_numpy(), g["y"].to_numpy(), rows, centre_xy)
+    fig, ax = _figure((7, 5))
+    row_of_view = dict(zip(views["view"].astype(int).tolist(), range(views.n_rows)))
+    _, first = np.unique(fid["marker"], return_index=True)
+    for k, marker in enumerate(fid["marker"][np.sort(first)][:max_markers]):  # file order
+        g = fid.rows(fid["marker"] == marker)
+        rows = views.rows([row_of_view[v] for v in g["view"].astype(int).tolist()])
+        fit = aligned_across(g["x_fit"], g["y_fit"], rows, centre_xy)
+        obs = aligned_across(g["x"], g["y"], rows, centre_xy)
         # the mean and the cos(tilt) term are removed so the z sin(tilt) arcs and the residuals show
-        th = np.deg2rad(g["tilt"].to_numpy())
+        th = np.deg2rad(g["tilt"])
         basis = np.column_stack([np.ones_like(th), np.cos(th)])
         coef, *_ = np.linalg.lstsq(basis, fit, rcond=None)
         ax.plot(g["tilt"], fit - basis @ coef, lw=0.8, color=f"C{k % 10}")
@@ -82,7 +102,7 @@ def trajectories(fid, views, centre_xy=(0.0, 0.0), max_markers=30):
 
 
 def tilt_change(fid, views):
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _figure((7, 4))
     d = views["tilt"] - views["tilt_nominal"]
     ax.errorbar(views["tilt_nominal"], d, yerr=views["se_tilt"], fmt="o", ms=3, lw=0.8)
     ax.axhline(0, color="k", lw=0.5)
@@ -92,7 +112,7 @@ def tilt_change(fid, views):
 
 
 def rotation_scale(fid, views):
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    fig, (a1, a2) = _figure((7, 5), 2, 1, sharex=True)
     a1.errorbar(views["view"], views["rotation"], yerr=views["se_rotation"], fmt="o", ms=3, lw=0.8)
     a1.set_ylabel("rotation (deg)")
     a2.errorbar(views["view"], views["scale"], yerr=views["se_scale"], fmt="o", ms=3, lw=0.8)
@@ -102,11 +122,12 @@ def rotation_scale(fid, views):
 
 
 def markers_xz(fid, views, markers):
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    colours = markers["surface"].fillna("").map({"top": "C1", "bottom": "C0"}).fillna("C2")
-    ax.scatter(markers["x"], markers["z"], c=list(colours), s=14)
-    for _, m in markers.iterrows():
-        ax.annotate(str(m["marker"]), (m["x"], m["z"]), fontsize=6)
+    fig, ax = _figure((7, 3.5))
+    surface = markers["surface"].astype(str) if "surface" in markers else np.full(markers.n_rows, "")
+    colours = [{"top": "C1", "bottom": "C0"}.get(s, "C2") for s in surface.tolist()]
+    ax.scatter(markers["x"], markers["z"], c=colours, s=14)
+    for name, x, z in zip(markers["marker"].tolist(), markers["x"].tolist(), markers["z"].tolist()):
+        ax.annotate(str(name), (x, z), fontsize=6)
     ax.set_xlabel("x (px)")
     ax.set_ylabel("z (px)")
     return fig
@@ -127,20 +148,16 @@ def save_all(fid, views, markers, paths, centre_xy=(0.0, 0.0)):
             fig = fn(fid, views, centre_xy)
         else:
             fig = fn(fid, views)
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        fig.savefig(path, dpi=90, pil_kwargs=PNG_OPTIONS)
 
 
 def summary_plot(table, path):
     """Cross-series bar chart of mean residual and leave-out error."""
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(table) + 2), 4))
-    x = np.arange(len(table))
+    fig, ax = _figure((max(5, 0.8 * table.n_rows + 2), 4), bottom_in=1.2)
+    x = np.arange(table.n_rows)
     ax.bar(x - 0.2, table["mean_residual"], width=0.4, label="mean residual")
     ax.bar(x + 0.2, table["leave_out_error"], width=0.4, label="leave-out error")
     ax.set_xticks(x, table["series"], rotation=30, ha="right")
     ax.set_ylabel("px")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig.savefig(path, dpi=90, pil_kwargs=PNG_OPTIONS)

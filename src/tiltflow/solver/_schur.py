@@ -21,7 +21,6 @@ diagonal.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 VIEW_COLS = np.arange(5)
 POINT_COLS = np.arange(5, 8)
@@ -221,11 +220,13 @@ class NormalEquations:
             s = self.hkk - self.hek.reshape(nb, m).T @ w_flat
             s[np.diag_indices(m)] += mu * diag_k
             rhs = -self.gk + w_flat.T @ ge.reshape(nb)
+            # Cholesky only tests positive definiteness; the kept system is a few hundred
+            # unknowns, so a plain solve costs little and spares jobs importing scipy.linalg.
             try:
-                cho = scipy.linalg.cho_factor(s, check_finite=False)
+                np.linalg.cholesky(s)
             except np.linalg.LinAlgError:
                 return None
-            dk = scipy.linalg.cho_solve(cho, rhs, check_finite=False)
+            dk = np.linalg.solve(s, rhs)
             de = (hee_inv @ (-ge - self.hek @ dk)[:, :, None])[:, :, 0]
         else:
             dk = np.zeros(0)

@@ -6,8 +6,6 @@ import math
 import re
 from pathlib import Path
 
-import pandas as pd
-
 from ..io.errors import InputError
 from ..model import SeriesSpec
 
@@ -30,6 +28,8 @@ def read_sheet(path):
         Missing file or column, bad name, duplicate series, or a cell that
         is not a number where one is expected (naming row and column).
     """
+    import pandas as pd  # here, not at module level: jobs that only convert a row skip pandas
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: tilt-series sheet not found")

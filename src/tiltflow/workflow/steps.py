@@ -17,7 +17,6 @@ from .. import io
 from ..io.state import load_prepared, load_state, save_prepared, save_state
 from ..io.tables import read_json, read_table, write_json, write_table
 from .config import align_options, coarse_options, recon_options
-from .sheet import series_spec
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +24,7 @@ log = logging.getLogger(__name__)
 def import_markers(row, out_prepared):
     """Rule ``import_markers``: validate one sheet row's files, write ``prepared.json``."""
     from ..prepare import prepare
+    from .sheet import series_spec
 
     spec = series_spec(row)
     prepared = prepare(spec)
@@ -103,7 +103,7 @@ def plot_alignment(fiducials_path, views_path, markers_path, summary_path, out):
 
     fid = read_table(fiducials_path, text_columns=("marker",))
     views = read_table(views_path)
-    markers = read_table(markers_path, text_columns=("marker",))
+    markers = read_table(markers_path, text_columns=("marker", "surface"))
     width, height = read_json(summary_path)["image_size"]
     plots.save_all(fid, views, markers, out, (width / 2.0, height / 2.0))
 
@@ -112,7 +112,7 @@ def plot_summary(summary_tsv, out_png):
     """Rule ``plot_summary``: cross-series residual chart."""
     from .. import plots
 
-    plots.summary_plot(read_table(summary_tsv), out_png)
+    plots.summary_plot(read_table(summary_tsv, text_columns=("series",)), out_png)
 
 
 def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_json, threads=1):

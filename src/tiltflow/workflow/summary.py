@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from ..io.tables import read_json, write_table
 
 SUMMARY_COLUMNS = [
@@ -21,7 +19,7 @@ def summarize(summary_paths, out_tsv):
     for p in summary_paths:
         doc = read_json(p)
         rows.append({k: doc.get(k) for k in SUMMARY_COLUMNS})
-    write_table(out_tsv, pd.DataFrame(rows, columns=SUMMARY_COLUMNS), float_format="%.5g")
+    write_table(out_tsv, _columns(rows, SUMMARY_COLUMNS), float_format="%.5g")
 
 
 PARTIAL_COLUMNS = [*SUMMARY_COLUMNS, "outcome", "failed_log", "error"]
@@ -53,8 +51,13 @@ def partial_summary(series_names, out_tsv, results_dir="results", logs_dir="logs
             log_path, message = failed[-1]
             row.update({"outcome": "failed", "failed_log": str(log_path), "error": message})
         rows.append(row)
-    write_table(out_tsv, pd.DataFrame(rows, columns=PARTIAL_COLUMNS), float_format="%.5g")
+    write_table(out_tsv, _columns(rows, PARTIAL_COLUMNS), float_format="%.5g")
     return rows
+
+
+def _columns(rows, names):
+    """Rows (dicts) as columns, in the order of ``names``."""
+    return {name: [row.get(name) for row in rows] for name in names}
 
 
 def _failed_logs(folder):
