@@ -8,6 +8,8 @@ rule import_markers:
         prepared="results/{series}/work/prepared.json",
     params:
         row=sheet_row,
+    group:
+        job_group("import")
     log:
         "logs/{series}/import_markers.log",
     conda:
@@ -24,6 +26,12 @@ rule align_coarse:
         coarse_xf="results/{series}/coarse.xf",
     params:
         options=coarse_stage_params,
+    threads: stack_resource("coarse", "threads")
+    resources:
+        mem_mb=stack_resource("coarse", "mem_mb"),
+        runtime=stack_resource("coarse", "runtime"),
+    group:
+        job_group("coarse")
     log:
         "logs/{series}/align_coarse.log",
     benchmark:
@@ -43,6 +51,8 @@ rule align_initial:
     params:
         stage="initial",
         options=stage_params("initial", config),
+    group:
+        "align"
     log:
         "logs/{series}/align_initial.log",
     conda:
@@ -120,6 +130,8 @@ rule write_alignment:
         large_residuals="results/{series}/large_residuals.tsv",
     params:
         options=write_params(config),
+    group:
+        "align"
     log:
         "logs/{series}/write_alignment.log",
     conda:

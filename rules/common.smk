@@ -13,6 +13,7 @@ from tiltflow.workflow.runtime import jobs_import_from, made_by_a_rule
 jobs_import_from(Path(workflow.basedir) / "src")
 
 from tiltflow.workflow.config import coarse_params, recon_params, stage_params, write_params
+from tiltflow.workflow.resources import stack_resources
 from tiltflow.workflow.sheet import read_sheet
 
 validate(config, schema="../config/schemas/config.schema.yaml")
@@ -78,6 +79,47 @@ def provenance_inputs(wildcards):
     if sheet.loc[s, "stack"]:
         files["tomogram"] = f"results/{s}/tomogram.json"
     return files
+
+
+def has_stack(series):
+    """Whether the sheet gives the series a stack."""
+    return bool(sheet.loc[series, "stack"])
+
+
+def job_group(step):
+    """The cluster job group of a per-series step, as a function of the series.
+
+    On a cluster, the jobs of one group and one series are one submission
+    (local runs ignore groups).  ``align``: a series' light jobs (import,
+    coarse from markers, the L-M stages, the outputs, the plots, the
+    provenance).  A series with a stack instead has ``images`` (its import
+    and the coarse alignment from the stack) and ``tomogram`` (the
+    reconstruction and the provenance, which waits for it), each with the
+    heavy job's threads, memory and runtime.
+    """
+    heavy = {"import": "images", "coarse": "images", "provenance": "tomogram", "reconstruct": "tomogram"}
+
+    def group(wildcards):
+        if has_stack(wildcards.series) and step in heavy:
+            return heavy[step]
+        return "align"
+
+    return group
+
+
+def stack_resource(kind, name):
+    """A resource (``threads``, ``mem_mb`` or ``runtime``) of a coarse or reconstruction job,
+    computed from its stack's MRC header when the job is ready (light values without a stack)."""
+    recon = config["reconstruct"]
+
+    def get(wildcards, input):
+        stack = getattr(input, "stack", None)
+        if stack is not None and not isinstance(stack, str):  # a one-file list
+            stack = next(iter(stack), None)
+        res = stack_resources(kind, stack, recon["binning"], recon["thickness"])
+        return getattr(res, name)
+
+    return get
 
 
 def final_stage(wildcards):

@@ -2,6 +2,11 @@
 from tiltflow.simulate import DEMO_SERIES, DEMO_STACKS
 
 
+localrules:
+    simulate_demo,
+    simulate_demo_stack,
+
+
 rule simulate_demo:
     output:
         csv="demo/{demo}/markers.csv",

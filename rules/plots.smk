@@ -1,6 +1,10 @@
 # Diagnostic plots, registered for `snakemake --report report.html`.
 
 
+localrules:
+    plot_summary,
+
+
 rule plot_alignment:
     input:
         fiducials="results/{series}/fiducials.tsv",
@@ -14,6 +18,8 @@ rule plot_alignment:
         tilt_change=plot_output("tilt_change"),
         rotation_scale=plot_output("rotation_scale"),
         markers_xz=plot_output("markers_xz"),
+    group:
+        "align"
     log:
         "logs/{series}/plot_alignment.log",
     conda:

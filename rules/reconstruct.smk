@@ -12,9 +12,12 @@ rule reconstruct_tomogram:
         stats="results/{series}/tomogram.json",
     params:
         options=recon_params(config),
-    threads: workflow.cores
+    threads: stack_resource("reconstruct", "threads")
     resources:
-        mem_mb=8000,
+        mem_mb=stack_resource("reconstruct", "mem_mb"),
+        runtime=stack_resource("reconstruct", "runtime"),
+    group:
+        job_group("reconstruct")
     log:
         "logs/{series}/reconstruct_tomogram.log",
     benchmark:

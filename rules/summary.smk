@@ -1,6 +1,10 @@
 # Cross-series summary.
 
 
+localrules:
+    summarize,
+
+
 rule summarize:
     input:
         summaries=expand("results/{series}/summary.json", series=SERIES),
@@ -40,6 +44,8 @@ rule write_provenance:
         config=config,
         workflow_dir=workflow.basedir,
         log_dir="logs/{series}",
+    group:
+        job_group("provenance")
     log:
         "logs/{series}/write_provenance.log",
     conda:

@@ -9,4 +9,5 @@ run_logged(
     dict(snakemake.params.options),
     snakemake.output.state,
     snakemake.output.coarse_xf,
+    threads=snakemake.threads,
 )

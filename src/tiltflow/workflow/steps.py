@@ -34,11 +34,12 @@ def import_markers(row, out_prepared):
     save_prepared(out_prepared, prepared)
 
 
-def align_coarse(prepared_path, params, out_state, out_coarse_xf):
+def align_coarse(prepared_path, params, out_state, out_coarse_xf, threads=1):
     """Rule ``align_coarse``: coarse shifts (images when there is a stack, else markers)
     and the starting 3D positions (:func:`tiltflow.align.coarse_stage`).
 
-    ``coarse.xf`` maps raw views onto the reference view.
+    ``coarse.xf`` maps raw views onto the reference view.  The image code
+    (FFTs, numba kernels) uses ``threads`` threads.
     """
     from ..align import coarse_stage
     from ..io.mrc import Stack
@@ -46,7 +47,11 @@ def align_coarse(prepared_path, params, out_state, out_coarse_xf):
     prepared = load_prepared(prepared_path)
     options, c_options = align_options(params), coarse_options(params)
     if prepared.stack:
-        with Stack(prepared.stack) as stack:
+        import numba
+        import scipy.fft
+
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        with Stack(prepared.stack) as stack, scipy.fft.set_workers(max(1, int(threads))):
             state, coarse_xf, report = coarse_stage(prepared, options, c_options, stack)
     else:
         state, coarse_xf, report = coarse_stage(prepared, options, c_options)
