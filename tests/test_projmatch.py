@@ -75,7 +75,7 @@ def test_bad_options_and_shapes_are_refused():
         pm.MatchOptions(reconstruction="art")
     with pytest.raises(ValueError, match=r"damping must be in \(0, 1\], got 1.5"):
         pm.MatchOptions(damping=1.5)
-    with pytest.raises(ValueError, match=r"sino must have shape \(n_views=3, n_s\), got \(4, 10\)"):
+    with pytest.raises(ValueError, match=r"sino must have shape \(n_views=3, n_s\) or \(n_bands, n_views, n_s\), got \(4, 10\)"):
         pm.match_shifts(np.zeros((4, 10)), np.zeros(3), (10, 10))
 
 
@@ -85,3 +85,15 @@ def test_a_run_that_does_not_converge_says_so_and_keeps_its_estimate(experiment,
     assert not res.converged and len(res.updates_px) == 2
     assert "did not converge in 2 rounds" in caplog.text
     assert gauge_free_rms(res.shifts_px, true, angles) < gauge_free_rms(np.zeros_like(true), true, angles)
+
+
+def test_bands_sharing_one_shift_per_view_are_matched_together(experiment):
+    """Two slices (the phantom and its transpose) moved by the same shifts: one estimate per view."""
+    angles, _, true = experiment
+    second = pm.project(phantom(2 * N).T, angles, 2 * N).reshape(len(angles), N, 2).sum(axis=2) / 2
+    first = pm.shift_rows(pm.project(phantom(2 * N), angles, 2 * N).reshape(len(angles), N, 2).sum(axis=2) / 2,
+                          true)
+    bands = np.stack([first, pm.shift_rows(second, true)])
+    res = pm.match_shifts(bands, angles, (N, N), pm.MatchOptions())
+    assert res.converged and res.shifts_px.shape == true.shape
+    assert gauge_free_rms(res.shifts_px, true, angles) < 0.1

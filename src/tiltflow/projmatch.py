@@ -212,12 +212,13 @@ def sirt(sino, angle_rad, shape, iterations=30, tv_weight=0.0, x0=None):
 
 
 def shift_rows(sino, shift_px):
-    """Move each row of ``sino`` by ``shift_px[j]`` pixels along ``s`` (Fourier shift, zero-padded)."""
-    n_s = sino.shape[1]
+    """Move each row of ``sino`` (or of each band) by ``shift_px[j]`` pixels along ``s``
+    (Fourier shift, zero-padded)."""
+    n_s = sino.shape[-1]
     pad = 2 * n_s
     k = np.fft.rfftfreq(pad)
     ramp = np.exp(-2j * np.pi * k[None, :] * np.asarray(shift_px, dtype=float)[:, None])
-    return np.fft.irfft(np.fft.rfft(sino, pad, axis=1) * ramp, pad, axis=1)[:, :n_s]
+    return np.fft.irfft(np.fft.rfft(sino, pad, axis=-1) * ramp, pad, axis=-1)[..., :n_s]
 
 
 def estimate_shifts(data, reference, max_frequency=0.25):
@@ -230,13 +231,21 @@ def estimate_shifts(data, reference, max_frequency=0.25):
     ``|D||R|``), with the phase taken relative to the integer estimate so
     that it does not wrap.
     """
-    n_s = data.shape[1]
+    n_s = data.shape[-1]
     pad = 2 * n_s
     k = np.fft.rfftfreq(pad)
     band = (k > 0) & (k <= max_frequency)
+    if data.ndim == 3:  # bands (n_bands, n_views, n_s) sharing one shift per view: pool their spectra
+        cross = (np.fft.rfft(data, pad, axis=-1) * np.conj(np.fft.rfft(reference, pad, axis=-1))).sum(axis=0)
+        return _shift_from_cross(cross, k, band, pad)
     # no mean removal: a pedestal over the window would not move with the content (k = 0 is
     # outside the band anyway); rows are zero-padded to twice their length
     cross = np.fft.rfft(data, pad, axis=1) * np.conj(np.fft.rfft(reference, pad, axis=1))
+    return _shift_from_cross(cross, k, band, pad)
+
+
+def _shift_from_cross(cross, k, band, pad):
+    """Shift per row from cross-power spectra ``cross[view, k]`` (see :func:`estimate_shifts`)."""
     cross_band = np.where(band[None, :], cross, 0.0)
     cc = np.fft.irfft(cross_band, pad, axis=1)
     peak = np.argmax(cc, axis=1)
@@ -250,7 +259,11 @@ def estimate_shifts(data, reference, max_frequency=0.25):
 
 
 def ncc_rows(a, b):
-    """Normalised cross-correlation of each row of ``a`` with the same row of ``b``."""
+    """Normalised cross-correlation of each row of ``a`` with the same row of ``b``
+    (for bands ``(n_bands, n_views, n_s)``: of each view's bands together)."""
+    if a.ndim == 3:
+        a = np.moveaxis(a, 0, 1).reshape(a.shape[1], -1)
+        b = np.moveaxis(b, 0, 1).reshape(b.shape[1], -1)
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
     den = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
@@ -261,6 +274,10 @@ def reproject(sino, angle_rad, shape, options: MatchOptions, previous=None):
     """Reconstruct ``sino`` and re-project every view; with WBP each view is re-projected from
     the reconstruction without its own contribution (no reference bias).  Returns
     ``(reprojections, reconstruction)``."""
+    if sino.ndim == 3:  # bands: each its own slice
+        prev = [None] * len(sino) if previous is None else previous
+        pairs = [reproject(b, angle_rad, shape, options, p) for b, p in zip(sino, prev)]
+        return np.stack([r for r, _ in pairs]), np.stack([v for _, v in pairs])
     n_s = sino.shape[1]
     if options.reconstruction == "wbp":
         filtered = ramp_filter(sino)
@@ -281,8 +298,9 @@ def match_shifts(sino, angle_rad, shape, options=MatchOptions(), shifts_px=None)
 
     Parameters
     ----------
-    sino : ndarray, shape (n_views, n_s)
-        Measured projections, each moved along ``s`` by an unknown shift.
+    sino : ndarray, shape (n_views, n_s) or (n_bands, n_views, n_s)
+        Measured projections, each moved along ``s`` by an unknown shift
+        (with bands: slices at several places along the tilt axis, moved together).
     angle_rad : ndarray, shape (n_views,)
     shape : tuple of int
         ``(n_z, n_x)`` of the reconstructed slice.
@@ -298,8 +316,9 @@ def match_shifts(sino, angle_rad, shape, options=MatchOptions(), shifts_px=None)
     """
     sino = np.asarray(sino, dtype=float)
     angle_rad = np.asarray(angle_rad, dtype=float)
-    if sino.ndim != 2 or sino.shape[0] != len(angle_rad):
-        raise ValueError(f"sino must have shape (n_views={len(angle_rad)}, n_s), got {sino.shape}")
+    if sino.ndim not in (2, 3) or sino.shape[-2] != len(angle_rad):
+        raise ValueError(f"sino must have shape (n_views={len(angle_rad)}, n_s) or (n_bands, n_views, n_s), "
+                         f"got {sino.shape}")
     shifts = np.zeros(len(angle_rad)) if shifts_px is None else np.asarray(shifts_px, dtype=float).copy()
     # gauge: moving the object by (x0, z0) moves view j by x0 cos + z0 sin; updates keep it put
     gauge = np.column_stack([np.cos(angle_rad), np.sin(angle_rad)])
@@ -330,3 +349,4 @@ def match_shifts(sino, angle_rad, shape, options=MatchOptions(), shifts_px=None)
                     "(tolerance %.3f px); the last estimate is kept", options.max_iterations, updates[-1],
                     options.tolerance_px)
     return MatchResult(shifts, ncc_first, ncc_rows(corrected, reproj), updates, converged, vol)
+
