@@ -17,6 +17,7 @@ import dataclasses
 
 import numpy as np
 
+
 class Table(dict):
     """A table as columns: name -> 1-D numpy array, all of one length, in file order.
 

@@ -171,11 +171,6 @@ def ramp_filter(sino):
     return np.fft.irfft(np.fft.rfft(sino, pad, axis=1) * filt, pad, axis=1)[:, :n_s]
 
 
-def wbp(sino, angle_rad, shape):
-    """Filtered back-projection, scaled so that projecting it gives back the data's scale."""
-    return backproject(ramp_filter(sino), angle_rad, shape) * np.pi / (2 * len(angle_rad))
-
-
 def _tv_prox(img, weight, iterations=20):
     """``argmin_u 0.5 |u - img|^2 + weight TV(u)`` (isotropic TV; Chambolle's dual projection)."""
     px = np.zeros_like(img)
@@ -272,7 +267,8 @@ def ncc_rows(a, b):
 
 def reproject(sino, angle_rad, shape, options: MatchOptions, previous=None):
     """Reconstruct ``sino`` and re-project every view; with WBP each view is re-projected from
-    the reconstruction without its own contribution (no reference bias).  Returns
+    the reconstruction without its own contribution (no reference bias).  SIRT and TV start
+    from ``previous`` (the last round's reconstruction; WBP ignores it).  Returns
     ``(reprojections, reconstruction)``."""
     if sino.ndim == 3:  # bands: each its own slice
         prev = [None] * len(sino) if previous is None else previous
@@ -327,7 +323,7 @@ def match_shifts(sino, angle_rad, shape, options=MatchOptions(), shifts_px=None)
     converged = False
     for it in range(options.max_iterations):
         corrected = shift_rows(sino, -shifts)
-        reproj, vol = reproject(corrected, angle_rad, shape, options, vol if options.reconstruction != "wbp" else None)
+        reproj, vol = reproject(corrected, angle_rad, shape, options, vol)
         ncc = ncc_rows(corrected, reproj)
         if ncc_first is None:
             ncc_first = ncc
@@ -343,7 +339,7 @@ def match_shifts(sino, angle_rad, shape, options=MatchOptions(), shifts_px=None)
             converged = True
             break
     corrected = shift_rows(sino, -shifts)
-    reproj, vol = reproject(corrected, angle_rad, shape, options, vol if options.reconstruction != "wbp" else None)
+    reproj, vol = reproject(corrected, angle_rad, shape, options, vol)
     if not converged:
         log.warning("projection matching did not converge in %d rounds: last largest update %.3f px "
                     "(tolerance %.3f px); the last estimate is kept", options.max_iterations, updates[-1],

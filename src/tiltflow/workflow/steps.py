@@ -47,11 +47,7 @@ def align_coarse(prepared_path, params, out_state, out_coarse_xf, threads=1):
     prepared = load_prepared(prepared_path)
     options, c_options = align_options(params), coarse_options(params)
     if prepared.stack:
-        import numba
-        import scipy.fft
-
-        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-        with Stack(prepared.stack) as stack, scipy.fft.set_workers(max(1, int(threads))):
+        with Stack(prepared.stack) as stack, _image_threads(threads):
             state, coarse_xf, report = coarse_stage(prepared, options, c_options, stack)
     else:
         state, coarse_xf, report = coarse_stage(prepared, options, c_options)
@@ -128,12 +124,9 @@ def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_
     writes ``tomogram.mrc`` (``data[z, y, x]``, voxel size in the header)
     slab by slab, and ``tomogram.json``.
     """
-    import numba
-
     from ..io.mrc import SlabWriter, Stack
     from ..reconstruct import reconstruct, volume_shape
 
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     prepared = load_prepared(prepared_path)
     if not prepared.stack:
         raise ValueError(f"{prepared_path}: the series has no stack to reconstruct")
@@ -141,8 +134,17 @@ def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_
     xf = io.read_xf(xf_path, prepared.series.n_views)
     tilts = io.read_tilts(tlt_path)
     voxel = prepared.pixel_size_angstrom * options.binning
-    with Stack(prepared.stack) as stack:
+    with Stack(prepared.stack) as stack, _image_threads(threads):
         shape = volume_shape(stack.shape, options)
         with SlabWriter(out_mrc, shape, options.dtype, voxel) as writer:
             _, stats = reconstruct(stack, xf, tilts, options, ~prepared.series.excluded, write_slab=writer.write)
     write_json(out_json, {**stats, "voxel_size_angstrom": voxel, "threads": int(threads)})
+
+
+def _image_threads(threads):
+    """Limit the image code (numba kernels, scipy FFTs) to the job's ``threads``; a context manager."""
+    import numba
+    import scipy.fft
+
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    return scipy.fft.set_workers(max(1, int(threads)))
