@@ -148,3 +148,25 @@ def test_xf_round_trip(tmp_path):
     p.write_text("1 0 0 1 0\n")
     with pytest.raises(InputError, match="line 1: expected 6 numbers"):
         io.read_xf(p)
+
+
+def test_tables_round_trip_without_pandas(tmp_path):
+    """TSV writer/reader of the outputs: pandas' format (empty cells for NaN/None, ints as ints),
+    text columns kept as text, unequal columns refused."""
+    from tiltflow.io.tables import read_table, write_table
+    from tiltflow.model import Table
+
+    path = tmp_path / "t.tsv"
+    write_table(path, Table({"marker": np.array(["7", "12"]), "view": np.array([0, 3]),
+                             "x": np.array([1.25, np.nan]), "note": ["a\tb", None]}), float_format="%.3f")
+    assert path.read_text() == "marker\tview\tx\tnote\n7\t0\t1.250\ta b\n12\t3\t\t\n"
+    t = read_table(path, text_columns=("marker",))
+    assert t.columns == ["marker", "view", "x", "note"] and t.n_rows == 2
+    assert t["marker"].tolist() == ["7", "12"] and t["view"].tolist() == [0.0, 3.0]
+    assert np.isnan(t["x"][1]) and t["note"].tolist() == ["a b", ""]
+    assert t.rows(t["view"] > 1)["marker"].tolist() == ["12"]
+    with pytest.raises(ValueError, match="columns of different lengths: a=2, b=1"):
+        write_table(tmp_path / "bad.tsv", {"a": [1, 2], "b": [3]})
+    (tmp_path / "ragged.tsv").write_text("a\tb\n1\t2\n3\n")
+    with pytest.raises(ValueError, match="ragged.tsv: line 3 has 1 cells, the header has 2"):
+        read_table(tmp_path / "ragged.tsv")

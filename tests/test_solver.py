@@ -100,3 +100,13 @@ def test_input_checks():
         align.AlignOptions(rotation="sometimes")
     with pytest.raises(ValueError, match="tilt 'offset' cannot be solved from markers"):
         align.AlignOptions(tilt="offset")
+
+
+def test_numba_is_used_only_where_it_pays():
+    from tiltflow.solver._bundle import COMPILED_MIN_OBSERVATIONS, use_compiled
+
+    assert not use_compiled("auto", COMPILED_MIN_OBSERVATIONS - 1)
+    assert use_compiled("auto", COMPILED_MIN_OBSERVATIONS)
+    assert use_compiled(True, 10) and not use_compiled(False, 10**6)
+    with pytest.raises(ValueError, match="compiled must be True, False or 'auto', got 'yes'"):
+        use_compiled("yes", 10)

@@ -306,3 +306,17 @@ def test_provenance_records_what_made_the_results(project):
     assert doc["started"] < doc["finished"]
     if (REPO / ".git").exists():
         assert len(doc["tiltflow"]["git_commit"]) == 40
+
+
+def test_an_alignment_stage_job_loads_neither_numba_scipy_pandas_nor_matplotlib(project, tmp_path):
+    """Lean jobs: a stage of a small series runs on numpy alone (numba only from 5,000 observations)."""
+    code = (
+        "import sys\n"
+        "from tiltflow.workflow import steps\n"
+        f"steps.align_stage('main', {str(project / 'results/s1/work/prepared.json')!r}, "
+        f"{str(project / 'results/s1/stages/initial.json')!r}, {{}}, {str(tmp_path / 'main.json')!r})\n"
+        "print(sorted(m for m in ('numba', 'scipy', 'pandas', 'matplotlib') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert json.loads((tmp_path / "main.json").read_text())["stages"][-1]["name"] == "main"
