@@ -205,3 +205,147 @@ def _clip_range(p0, dp, limit, lo, hi):  # pragma: no cover - compiled
     if a > b:
         a, b = b, a
     return max(lo, a), min(hi, b)
+
+
+@njit(cache=True)
+def _ray_range(s, c, sn, cx, cz, ct, nx, nz, n_t):  # pragma: no cover - compiled
+    """Steps ``k`` of the ray at ``s`` (``x = s c - t sn + cx``, ``z = s sn + t c + cz``,
+    ``t = k - ct``) that can touch the slice's pixels (``-1 < x < nx``, ``-1 < z < nz``)."""
+    lo, hi = -1e30, 1e30
+    # x(t) = s c + cx - t sn must lie in (-1, nx)
+    if abs(sn) > 1e-12:
+        a = (s * c + cx + 1.0) / sn
+        b = (s * c + cx - nx) / sn
+        lo, hi = max(lo, min(a, b)), min(hi, max(a, b))
+    elif not (-1.0 < s * c + cx < nx):
+        return 0, 0
+    if abs(c) > 1e-12:
+        a = (-1.0 - s * sn - cz) / c
+        b = (nz - s * sn - cz) / c
+        lo, hi = max(lo, min(a, b)), min(hi, max(a, b))
+    elif not (-1.0 < s * sn + cz < nz):
+        return 0, 0
+    k_lo = max(0, int(np.floor(lo + ct)))
+    k_hi = min(n_t, int(np.ceil(hi + ct)) + 1)
+    return k_lo, max(k_lo, k_hi)
+
+
+@njit(cache=True, parallel=True)
+def project_slices(vol, cos_t, sin_t, n_s, out):  # pragma: no cover - compiled
+    """Ray-driven bilinear projections of slices ``vol[band, z, x]`` into ``out[band, view, s]``.
+
+    A point ``(x, z)`` (centred at ``(n - 1) / 2``) lands at
+    ``s = x cos + z sin``; each ray is sampled at unit steps ``t`` along
+    ``(-sin, cos)`` and the bilinear samples are summed (0 outside).
+    """
+    nb, nz, nx = vol.shape
+    nv = cos_t.shape[0]
+    n_t = int(np.ceil(np.sqrt(nz * nz + nx * nx)))
+    cz, cx, cs, ct = (nz - 1) / 2.0, (nx - 1) / 2.0, (n_s - 1) / 2.0, (n_t - 1) / 2.0
+    for job in prange(nb * nv):
+        b = job // nv
+        j = job % nv
+        c = cos_t[j]
+        sn = sin_t[j]
+        for i in range(n_s):
+            s = i - cs
+            acc = 0.0
+            k_lo, k_hi = _ray_range(s, c, sn, cx, cz, ct, nx, nz, n_t)
+            for k in range(k_lo, k_hi):
+                t = k - ct
+                x = s * c - t * sn + cx
+                z = s * sn + t * c + cz
+                x0 = int(np.floor(x))
+                z0 = int(np.floor(z))
+                if x0 < -1 or x0 >= nx or z0 < -1 or z0 >= nz:
+                    continue
+                fx = x - x0
+                fz = z - z0
+                if z0 >= 0:
+                    if x0 >= 0:
+                        acc += (1.0 - fz) * (1.0 - fx) * vol[b, z0, x0]
+                    if x0 + 1 < nx:
+                        acc += (1.0 - fz) * fx * vol[b, z0, x0 + 1]
+                if z0 + 1 < nz:
+                    if x0 >= 0:
+                        acc += fz * (1.0 - fx) * vol[b, z0 + 1, x0]
+                    if x0 + 1 < nx:
+                        acc += fz * fx * vol[b, z0 + 1, x0 + 1]
+            out[b, j, i] = acc
+
+
+@njit(cache=True, parallel=True)
+def backproject_slices(sino, cos_t, sin_t, nz, nx, out):  # pragma: no cover - compiled
+    """Unfiltered back-projection of ``sino[band, view, s]`` onto ``out[band, z, x]``
+    (linear interpolation along ``s``, 0 outside; same geometry as :func:`project_slices`)."""
+    nb, nv, n_s = sino.shape
+    cz, cx, cs = (nz - 1) / 2.0, (nx - 1) / 2.0, (n_s - 1) / 2.0
+    for job in prange(nb * nz):
+        b = job // nz
+        iz = job % nz
+        z = iz - cz
+        for ix in range(nx):
+            x = ix - cx
+            acc = 0.0
+            for j in range(nv):
+                s = x * cos_t[j] + z * sin_t[j] + cs
+                i0 = int(np.floor(s))
+                f = s - i0
+                if i0 >= 0 and i0 < n_s:
+                    acc += (1.0 - f) * sino[b, j, i0]
+                if i0 + 1 >= 0 and i0 + 1 < n_s:
+                    acc += f * sino[b, j, i0 + 1]
+            out[b, iz, ix] = acc
+
+
+@njit(cache=True, parallel=True)
+def own_reprojection(sino, cos_t, sin_t, nz, nx, out):  # pragma: no cover - compiled
+    """``out[band, view] = project(backproject(sino[band, view] alone))`` at the view's own angle.
+
+    What :func:`project_slices` of :func:`backproject_slices` gives for a
+    single row, without forming the image: each bilinear corner of a ray
+    sample reads the row at that corner's own ``s``.  Subtracting it from a
+    re-projection leaves the view out of the reconstruction it is compared with.
+    """
+    nb, nv, n_s = sino.shape
+    n_t = int(np.ceil(np.sqrt(nz * nz + nx * nx)))
+    cz, cx, cs, ct = (nz - 1) / 2.0, (nx - 1) / 2.0, (n_s - 1) / 2.0, (n_t - 1) / 2.0
+    for job in prange(nb * nv):
+        b = job // nv
+        j = job % nv
+        c = cos_t[j]
+        sn = sin_t[j]
+        for i in range(n_s):
+            s = i - cs
+            acc = 0.0
+            k_lo, k_hi = _ray_range(s, c, sn, cx, cz, ct, nx, nz, n_t)
+            for k in range(k_lo, k_hi):
+                t = k - ct
+                x = s * c - t * sn + cx
+                z = s * sn + t * c + cz
+                x0 = int(np.floor(x))
+                z0 = int(np.floor(z))
+                if x0 < -1 or x0 >= nx or z0 < -1 or z0 >= nz:
+                    continue
+                fx = x - x0
+                fz = z - z0
+                for dz in range(2):
+                    zz = z0 + dz
+                    if zz < 0 or zz >= nz:
+                        continue
+                    wz = fz if dz else 1.0 - fz
+                    for dx in range(2):
+                        xx = x0 + dx
+                        if xx < 0 or xx >= nx:
+                            continue
+                        w = wz * (fx if dx else 1.0 - fx)
+                        q = (xx - cx) * c + (zz - cz) * sn + cs
+                        q0 = int(np.floor(q))
+                        f = q - q0
+                        val = 0.0
+                        if q0 >= 0 and q0 < n_s:
+                            val += (1.0 - f) * sino[b, j, q0]
+                        if q0 + 1 >= 0 and q0 + 1 < n_s:
+                            val += f * sino[b, j, q0 + 1]
+                        acc += w * val
+            out[b, j, i] = acc

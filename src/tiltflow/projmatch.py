@@ -132,43 +132,54 @@ def _centre(n):
 
 
 def project(img, angle_rad, n_s=None):
-    """Parallel-beam projections of ``img[z, x]`` (bilinear, ray-driven), shape ``(n_views, n_s)``."""
-    nz, nx = img.shape
-    n_s = nx if n_s is None else n_s
-    n_t = int(np.ceil(np.hypot(nz, nx)))
-    s = np.arange(n_s) - _centre(n_s)
-    t = np.arange(n_t) - _centre(n_t)
-    out = np.empty((len(angle_rad), n_s))
-    for j, th in enumerate(angle_rad):
-        c, sn = np.cos(th), np.sin(th)
-        x = s[None, :] * c - t[:, None] * sn
-        z = s[None, :] * sn + t[:, None] * c
-        vals = scipy.ndimage.map_coordinates(img, [z + _centre(nz), x + _centre(nx)], order=1, cval=0.0)
-        out[j] = vals.sum(axis=0)
-    return out
+    """Parallel-beam projections (bilinear, ray-driven at unit steps).
+
+    ``img[z, x]`` gives ``(n_views, n_s)``; a stack of slices ``img[band, z, x]``
+    gives ``(n_bands, n_views, n_s)``.
+    """
+    from ._image_kernels import project_slices
+
+    img = np.asarray(img, dtype=np.float64)
+    vol = img[None] if img.ndim == 2 else img
+    n_s = vol.shape[2] if n_s is None else int(n_s)
+    angle_rad = np.asarray(angle_rad, dtype=np.float64)
+    out = np.empty((vol.shape[0], len(angle_rad), n_s))
+    project_slices(np.ascontiguousarray(vol), np.cos(angle_rad), np.sin(angle_rad), n_s, out)
+    return out[0] if img.ndim == 2 else out
 
 
 def backproject(sino, angle_rad, shape):
-    """Unfiltered back-projection of ``sino[view, s]`` onto a ``shape = (n_z, n_x)`` slice."""
-    nz, nx = shape
-    n_s = sino.shape[1]
-    x = np.arange(nx) - _centre(nx)
-    z = np.arange(nz) - _centre(nz)
-    s_axis = np.arange(n_s) - _centre(n_s)
-    out = np.zeros(shape)
-    for j, th in enumerate(angle_rad):
-        s = x[None, :] * np.cos(th) + z[:, None] * np.sin(th)
-        out += np.interp(s, s_axis, sino[j], left=0.0, right=0.0)
-    return out
+    """Unfiltered back-projection of ``sino[view, s]`` onto a ``shape = (n_z, n_x)`` slice
+    (of ``sino[band, view, s]`` onto ``(n_bands, n_z, n_x)``)."""
+    from ._image_kernels import backproject_slices
+
+    sino = np.asarray(sino, dtype=np.float64)
+    stack = sino[None] if sino.ndim == 2 else sino
+    angle_rad = np.asarray(angle_rad, dtype=np.float64)
+    out = np.empty((stack.shape[0], int(shape[0]), int(shape[1])))
+    backproject_slices(np.ascontiguousarray(stack), np.cos(angle_rad), np.sin(angle_rad), int(shape[0]),
+                       int(shape[1]), out)
+    return out[0] if sino.ndim == 2 else out
+
+
+def _own_reprojection(filtered, angle_rad, shape):
+    from ._image_kernels import own_reprojection
+
+    stack = filtered[None] if filtered.ndim == 2 else filtered
+    angle_rad = np.asarray(angle_rad, dtype=np.float64)
+    out = np.empty(stack.shape)
+    own_reprojection(np.ascontiguousarray(stack), np.cos(angle_rad), np.sin(angle_rad), int(shape[0]),
+                     int(shape[1]), out)
+    return out[0] if filtered.ndim == 2 else out
 
 
 def ramp_filter(sino):
     """Ram-Lak filter with a Hann roll-off along ``s`` (zero-padded to twice the length)."""
-    n_s = sino.shape[1]
+    n_s = sino.shape[-1]
     pad = 2 * n_s
     k = np.fft.rfftfreq(pad)
     filt = 2 * np.abs(k) * (0.5 + 0.5 * np.cos(np.pi * k / 0.5))
-    return np.fft.irfft(np.fft.rfft(sino, pad, axis=1) * filt, pad, axis=1)[:, :n_s]
+    return np.fft.irfft(np.fft.rfft(sino, pad, axis=-1) * filt, pad, axis=-1)[..., :n_s]
 
 
 def _tv_prox(img, weight, iterations=20):
@@ -269,23 +280,24 @@ def reproject(sino, angle_rad, shape, options: MatchOptions, previous=None):
     """Reconstruct ``sino`` and re-project every view; with WBP each view is re-projected from
     the reconstruction without its own contribution (no reference bias).  SIRT and TV start
     from ``previous`` (the last round's reconstruction; WBP ignores it).  Returns
-    ``(reprojections, reconstruction)``."""
-    if sino.ndim == 3:  # bands: each its own slice
-        prev = [None] * len(sino) if previous is None else previous
-        pairs = [reproject(b, angle_rad, shape, options, p) for b, p in zip(sino, prev)]
-        return np.stack([r for r, _ in pairs]), np.stack([v for _, v in pairs])
-    n_s = sino.shape[1]
+    ``(reprojections, reconstruction)``; bands ``(n_bands, n_views, n_s)`` are reconstructed
+    as ``(n_bands, n_z, n_x)``.
+
+    Leaving a view out: the re-projection of a view's own filtered back-projection at its
+    own angle is subtracted (computed without forming the image).
+    """
+    n_s = sino.shape[-1]
     if options.reconstruction == "wbp":
         filtered = ramp_filter(sino)
         scale = np.pi / (2 * len(angle_rad))
         vol = backproject(filtered, angle_rad, shape) * scale
-        reproj = project(vol, angle_rad, n_s)
-        for j, th in enumerate(angle_rad):  # leave view j out: subtract its own back-projection
-            own = backproject(filtered[j:j + 1], [th], shape) * scale
-            reproj[j] -= project(own, [th], n_s)[0]
-        return reproj, vol
+        return project(vol, angle_rad, n_s) - scale * _own_reprojection(filtered, angle_rad, shape), vol
     tv = options.tv_weight if options.reconstruction == "tv" else 0.0
-    vol = sirt(sino, angle_rad, shape, options.sirt_iterations, tv, x0=previous)
+    if sino.ndim == 3:  # SIRT: each band its own slice
+        prev = [None] * len(sino) if previous is None else previous
+        vol = np.stack([sirt(b, angle_rad, shape, options.sirt_iterations, tv, x0=p) for b, p in zip(sino, prev)])
+    else:
+        vol = sirt(sino, angle_rad, shape, options.sirt_iterations, tv, x0=previous)
     return project(vol, angle_rad, n_s), vol
 
 
