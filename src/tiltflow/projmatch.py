@@ -25,7 +25,6 @@ import dataclasses
 import logging
 
 import numpy as np
-import scipy.ndimage
 
 log = logging.getLogger(__name__)
 

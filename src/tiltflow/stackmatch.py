@@ -27,7 +27,14 @@ import logging
 import numpy as np
 import scipy.ndimage
 
-from .projmatch import MatchOptions, estimate_shifts, match_shifts, ncc_rows, reproject, shift_rows
+from .projmatch import (
+    MatchOptions,
+    estimate_shifts,
+    match_shifts,
+    ncc_rows,
+    reproject,
+    shift_rows,
+)
 from .tiltorder import interpolate_over_tilt
 
 log = logging.getLogger(__name__)
