@@ -1,4 +1,5 @@
-# Fiducial alignment: import -> coarse -> initial -> main -> tilt -> polish -> IMOD files.
+# Fiducial alignment: import -> coarse -> initial -> main -> tilt -> polish -> IMOD files;
+# marker-free series: import -> align_images (coarse + projection matching) -> IMOD files.
 
 
 rule import_markers:
@@ -19,6 +20,8 @@ rule import_markers:
 
 
 rule align_coarse:
+    wildcard_constraints:
+        series=names_pattern(MARKER_SERIES),
     input:
         unpack(coarse_inputs),
     output:
@@ -43,6 +46,8 @@ rule align_coarse:
 
 
 rule align_initial:
+    wildcard_constraints:
+        series=names_pattern(MARKER_SERIES),
     input:
         prepared="results/{series}/work/prepared.json",
         state="results/{series}/stages/coarse.json",
@@ -115,6 +120,8 @@ use rule align_initial as align_polish with:
 
 
 rule write_alignment:
+    wildcard_constraints:
+        series=names_pattern(MARKER_SERIES),
     input:
         prepared="results/{series}/work/prepared.json",
         state=final_stage,
@@ -138,3 +145,33 @@ rule write_alignment:
         "../envs/tiltflow.yaml"
     script:
         "../scripts/write_alignment.py"
+
+
+rule align_images:
+    wildcard_constraints:
+        series=names_pattern(IMAGE_SERIES),
+    input:
+        prepared="results/{series}/work/prepared.json",
+        stack=series_stack,
+    output:
+        xf="results/{series}/{series}.xf",
+        tlt="results/{series}/{series}.tlt",
+        coarse_xf="results/{series}/coarse.xf",
+        views="results/{series}/views.tsv",
+        summary="results/{series}/summary.json",
+    params:
+        options=image_params,
+    threads: stack_resource("coarse", "threads")
+    resources:
+        mem_mb=stack_resource("coarse", "mem_mb"),
+        runtime=stack_resource("coarse", "runtime"),
+    group:
+        job_group("coarse")
+    log:
+        "logs/{series}/align_images.log",
+    benchmark:
+        "benchmarks/{series}/align_images.tsv"
+    conda:
+        "../envs/tiltflow.yaml"
+    script:
+        "../scripts/align_images.py"

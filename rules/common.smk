@@ -12,7 +12,7 @@ from tiltflow.workflow.runtime import jobs_import_from, made_by_a_rule
 
 jobs_import_from(Path(workflow.basedir) / "src")
 
-from tiltflow.workflow.config import coarse_params, recon_params, stage_params, write_params
+from tiltflow.workflow.config import coarse_params, images_params, recon_params, stage_params, write_params
 from tiltflow.workflow.resources import stack_resources
 from tiltflow.workflow.sheet import read_sheet
 
@@ -22,6 +22,20 @@ sheet = read_sheet(config["tiltseries"])
 validate(sheet, schema="../config/schemas/tiltseries.schema.yaml")
 
 SERIES = sheet["series"].tolist()
+# Marker-free series (markers empty, stack given) are aligned from their images by align_images.
+IMAGE_SERIES = [s for s in SERIES if not sheet.loc[s, "markers"]]
+MARKER_SERIES = [s for s in SERIES if s not in IMAGE_SERIES]
+
+if config["projection_matching"]["with_markers"]:
+    raise ValueError(
+        "config projection_matching.with_markers: true is not available yet; expected false "
+        "(series without markers are always aligned by projection matching)"
+    )
+
+
+def names_pattern(names):
+    """A wildcard pattern matching exactly ``names`` (none: a pattern that matches nothing)."""
+    return "|".join(re.escape(s) for s in names) or "(?!x)x"
 
 
 wildcard_constraints:
@@ -86,6 +100,11 @@ def has_stack(series):
     return bool(sheet.loc[series, "stack"])
 
 
+def image_params(wildcards):
+    """What align_images reads: the ``coarse`` and ``projection_matching`` sections."""
+    return images_params(config)
+
+
 def job_group(step):
     """The cluster job group of a per-series step, as a function of the series.
 
@@ -97,7 +116,8 @@ def job_group(step):
     reconstruction and the provenance, which waits for it), each with the
     heavy job's threads, memory and runtime.
     """
-    heavy = {"import": "images", "coarse": "images", "provenance": "tomogram", "reconstruct": "tomogram"}
+    heavy = {"import": "images", "coarse": "images", "provenance": "tomogram", "reconstruct": "tomogram",
+             "plot_tomogram": "tomogram"}
 
     def group(wildcards):
         if has_stack(wildcards.series) and step in heavy:
@@ -140,19 +160,12 @@ def plot_output(name):
 
 
 def all_outputs():
-    per_series = [
-        "{series}.xf",
-        "{series}.tlt",
-        "{series}.xyz",
-        "fiducials.tsv",
-        "summary.json",
-        "coarse.xf",
-        "views.tsv",
-        "markers.tsv",
-        "large_residuals.tsv",
-    ]
-    files = [f"results/{s}/{f.format(series=s)}" for s in SERIES for f in per_series]
-    files += [f"results/{s}/tomogram.{ext}" for s in SERIES if sheet.loc[s, "stack"] for ext in ("mrc", "json")]
-    files += [f"results/{s}/plots/residual_vs_tilt.png" for s in SERIES]
+    common = ["{series}.xf", "{series}.tlt", "summary.json", "coarse.xf", "views.tsv"]
+    markers = ["{series}.xyz", "fiducials.tsv", "markers.tsv", "large_residuals.tsv", "plots/residual_vs_tilt.png"]
+    files = [f"results/{s}/{f.format(series=s)}" for s in SERIES for f in common]
+    files += [f"results/{s}/{f.format(series=s)}" for s in MARKER_SERIES for f in markers]
+    files += [f"results/{s}/plots/projection_matching.png" for s in IMAGE_SERIES]
+    stacks = [s for s in SERIES if sheet.loc[s, "stack"]]
+    files += [f"results/{s}/{f}" for s in stacks for f in ("tomogram.mrc", "tomogram.json", "plots/tomogram.png")]
     files += [f"results/{s}/provenance.json" for s in SERIES]
     return files + ["results/summary.tsv", "results/summary.png"]

@@ -6,6 +6,8 @@ localrules:
 
 
 rule plot_alignment:
+    wildcard_constraints:
+        series=names_pattern(MARKER_SERIES),
     input:
         fiducials="results/{series}/fiducials.tsv",
         views="results/{series}/views.tsv",
@@ -26,6 +28,39 @@ rule plot_alignment:
         "../envs/tiltflow.yaml"
     script:
         "../scripts/plot_alignment.py"
+
+
+rule plot_images:
+    wildcard_constraints:
+        series=names_pattern(IMAGE_SERIES),
+    input:
+        views="results/{series}/views.tsv",
+        summary="results/{series}/summary.json",
+    output:
+        png=plot_output("projection_matching"),
+    group:
+        "align"
+    log:
+        "logs/{series}/plot_images.log",
+    conda:
+        "../envs/tiltflow.yaml"
+    script:
+        "../scripts/plot_images.py"
+
+
+rule plot_tomogram:
+    input:
+        tomogram="results/{series}/tomogram.mrc",
+    output:
+        png=plot_output("tomogram"),
+    group:
+        job_group("plot_tomogram")
+    log:
+        "logs/{series}/plot_tomogram.log",
+    conda:
+        "../envs/tiltflow.yaml"
+    script:
+        "../scripts/plot_tomogram.py"
 
 
 rule plot_summary:

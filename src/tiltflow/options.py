@@ -237,3 +237,50 @@ class ReconOptions:
             raise ValueError(f"oversampling must be in [1, 256] samples per pixel, got {self.oversampling!r}")
         if self.sirt_iterations < 0:
             raise ValueError(f"sirt_iterations must be >= 0, got {self.sirt_iterations!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchingOptions:
+    """Projection matching of series aligned from their images (config ``projection_matching``).
+
+    Attributes
+    ----------
+    finest_size_px : int
+        Larger side of the finest level (binned by powers of two to fit);
+        two coarser levels, each binned twice more, come first.
+    thickness_px : float
+        Thickness of the reconstructed slab, unbinned pixels (it must hold
+        the whole specimen); 0 measures it from the images.
+    band_height_px : float
+        Unbinned rows summed into each band along the tilt axis.
+    reconstruction : str
+        ``wbp`` (each view left out of its own reference), ``sirt`` or ``tv``.
+    max_iterations : int
+        Rounds (reconstruct, re-project, estimate) per level at most.
+    tolerance_px : float
+        A level stops when the largest shift update is below this (its pixels).
+    with_markers : bool
+        Also refine series that have markers (not available yet: refused).
+    """
+
+    finest_size_px: int = 256
+    thickness_px: float = 0.0
+    band_height_px: float = 4.0
+    reconstruction: str = "wbp"
+    max_iterations: int = 20
+    tolerance_px: float = 0.05
+    with_markers: bool = False
+
+    def __post_init__(self):
+        if self.reconstruction not in ("wbp", "sirt", "tv"):
+            raise ValueError(f"reconstruction must be wbp, sirt or tv; got {self.reconstruction!r}")
+        if self.finest_size_px < 128:
+            raise ValueError(f"finest_size_px must be >= 128, got {self.finest_size_px!r}")
+        if self.thickness_px < 0:
+            raise ValueError(f"thickness_px must be >= 0 (0: measured), got {self.thickness_px!r}")
+        if self.band_height_px <= 0:
+            raise ValueError(f"band_height_px must be > 0, got {self.band_height_px!r}")
+        if self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1, got {self.max_iterations!r}")
+        if not self.tolerance_px > 0:
+            raise ValueError(f"tolerance_px must be > 0, got {self.tolerance_px!r}")

@@ -161,3 +161,58 @@ def summary_plot(table, path):
     ax.set_ylabel("px")
     ax.legend()
     fig.savefig(path, dpi=90, pil_kwargs=PNG_OPTIONS)
+
+
+def _grey(ax, img, title):
+    lo, hi = np.percentile(img, [1, 99])
+    ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower", interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def tomogram_sections(xy, xz, series="", voxel_angstrom=None):
+    """The central XY section above the central XZ section of a tomogram (1st-99th percentile grey scale)."""
+    ny, nx = xy.shape
+    nz = xz.shape[0]
+    width = 6.0
+    height = width * (ny + nz) / nx + 0.8
+    fig = Figure(figsize=(width, height))
+    top = fig.add_axes((0.02, (0.3 + width * nz / nx + 0.1) / height, 0.96, width * ny / nx / height))
+    bottom = fig.add_axes((0.02, 0.3 / height, 0.96, width * nz / nx / height))
+    size = f", voxel {voxel_angstrom:.3g} A" if voxel_angstrom else ""
+    _grey(top, xy, f"{series}: central XY section ({nx} x {ny}{size})")
+    _grey(bottom, xz, f"central XZ section ({nx} x {nz}; y = {ny // 2})")
+    return fig
+
+
+def projection_matching(views, summary):
+    """Marker-free alignment at a glance: NCC of each view with its re-projection before and after,
+    the shift projection matching applied on top of the coarse one, and each level's updates."""
+    pm = summary.get("projection_matching") or {}
+    fig, (a, b, c) = _figure((7, 8), 3, 1)
+    t = views["tilt"]
+    a.plot(t, views["ncc_before"], "o-", ms=3, label="coarse (cross-correlation)")
+    a.plot(t, views["ncc_after"], "o-", ms=3, label="after projection matching")
+    a.set_ylabel("NCC data vs re-projection")
+    a.legend(loc="lower center", fontsize=8)
+    a.set_title(f"{summary.get('series', '')}: aligned from images, slab {pm.get('thickness_px', 0):.0f} px", fontsize=9)
+    b.plot(t, views["match_dx"], "o-", ms=3, label="dx")
+    b.plot(t, views["match_dy"], "o-", ms=3, label="dy")
+    b.set_ylabel("shift applied (px)")
+    b.set_xlabel("tilt (deg)")
+    b.legend(fontsize=8)
+    for level in pm.get("levels", []):
+        u = level["updates_px"]
+        c.semilogy(np.arange(1, len(u) + 1), np.maximum(u, 1e-4), "o-", ms=3,
+                   label=f"binning {level['binning']} ({level['seconds']:.1f} s)")
+    c.axhline(0.05, color="0.6", lw=0.8, ls="--")
+    c.set_xlabel("round")
+    c.set_ylabel("largest update (raw px)")
+    c.legend(fontsize=8)
+    return fig
+
+
+def save_figure(fig, path):
+    """Write a figure as PNG (the plots' resolution and compression)."""
+    fig.savefig(path, dpi=90, pil_kwargs=PNG_OPTIONS)

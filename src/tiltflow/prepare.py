@@ -50,7 +50,10 @@ def prepare(spec: SeriesSpec) -> Prepared:
             f"{np.ptp(tilts):.2f} degrees; a tilt series needs at least {MIN_DISTINCT_TILTS} distinct angles "
             f"spanning at least {MIN_TILT_RANGE_DEG:g} degrees"
         )
-    table = read_markers(spec.markers)
+    if not spec.markers and not spec.stack:
+        raise InputError(f"sheet row {spec.name}: markers is empty and no stack is given; a series needs a "
+                         "marker model, or a stack to be aligned from its images")
+    table = read_markers(spec.markers) if spec.markers else None
     pixel = None
     if spec.stack:
         nx, ny, nz, pixel = image_size_from_stack(spec.stack)
@@ -75,7 +78,7 @@ def prepare(spec: SeriesSpec) -> Prepared:
     if spec.pixel_size_angstrom:
         pixel = float(spec.pixel_size_angstrom)
     elif not (pixel and pixel > 0):
-        pixel = table.pixel_size if table.pixel_size and table.pixel_size > 0 else 1.0
+        pixel = table.pixel_size if table is not None and table.pixel_size and table.pixel_size > 0 else 1.0
     if width <= 0 or height <= 0:
         raise InputError(f"sheet row {spec.name}: width and height must be > 0, got {width} x {height}")
 
@@ -88,13 +91,14 @@ def prepare(spec: SeriesSpec) -> Prepared:
             )
         excluded[v] = True
 
-    _validate_points(table, n_views, width, height, spec.tilts)
-
     prexg = None
     if spec.prexg:
         prexg = read_xf(spec.prexg)
         if len(prexg) != n_views:
             raise InputError(f"{spec.prexg}: has {len(prexg)} transforms; expected one per view ({n_views}, from {spec.tilts})")
+    if table is None:
+        return _images_only(spec, tilts, width, height, pixel, excluded, prexg)
+    _validate_points(table, n_views, width, height, spec.tilts)
 
     keep = ~excluded[table.view]
     ignored = int((~keep).sum())
@@ -163,6 +167,22 @@ def prepare(spec: SeriesSpec) -> Prepared:
         ignored_observations=ignored,
         stack=spec.stack,
     )
+
+
+def _images_only(spec, tilts, width, height, pixel, excluded, prexg):
+    """A marker-free series: no observations; aligned from its stack (:mod:`tiltflow.image_align`)."""
+    if prexg is not None:
+        log.warning("sheet row %s: prexg %s is ignored: a marker-free series is aligned from its raw stack",
+                    spec.name, spec.prexg)
+    obs = Observations(marker_index=np.zeros(0, dtype=np.int64), view_index=np.zeros(0, dtype=np.int64),
+                       xy_px=np.zeros((0, 2)), weight=np.zeros(0), n_markers=0, n_views=len(tilts),
+                       centre_xy_px=(width / 2.0, height / 2.0))
+    series = Series(obs=obs, marker_ids=np.zeros(0, dtype=np.int64), nominal_tilt_deg=tilts + spec.tilt_offset_deg,
+                    tilt_axis_deg=float(spec.tilt_axis_deg), width=width, height=height, excluded=excluded)
+    return Prepared(series=series, raw_tilt_deg=tilts, prexg=None, pixel_size_angstrom=float(pixel),
+                    dropped_markers={}, weak_views=[], empty_views=[],
+                    excluded_views=[int(v) for v in np.flatnonzero(excluded)], ignored_observations=0,
+                    stack=spec.stack)
 
 
 def _validate_points(table, n_views, width, height, tilts_path):

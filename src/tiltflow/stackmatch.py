@@ -71,7 +71,7 @@ class StackMatchOptions:
     """
 
     binnings: tuple = ()
-    finest_size_px: int = 512
+    finest_size_px: int = 256
     thickness_px: float = 0.0
     band_height_px: float = 4.0
     taper_fraction: float = 0.1
@@ -322,3 +322,12 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
     after = np.full(n, np.nan)
     before[idx], after[idx] = ncc_before, ncc_after
     return StackMatch(shifts, before, after, thickness, report, bool(converged), vol)
+
+
+def stack_options(options) -> StackMatchOptions:
+    """:class:`StackMatchOptions` from the workflow's :class:`tiltflow.options.MatchingOptions`."""
+    return StackMatchOptions(
+        finest_size_px=int(options.finest_size_px), thickness_px=float(options.thickness_px),
+        band_height_px=float(options.band_height_px),
+        match=MatchOptions(reconstruction=options.reconstruction, max_iterations=int(options.max_iterations),
+                           tolerance_px=float(options.tolerance_px)))

@@ -182,3 +182,24 @@ class SlabWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def central_sections(path):
+    """The central XY section and the central XZ section of a volume ``data[z, y, x]``.
+
+    Returns
+    -------
+    xy : ndarray (ny, nx), float32
+    xz : ndarray (nz, nx), float32
+        ``xz[z, x]`` at the middle ``y`` (rows: z from bottom to top).
+    voxel_angstrom : float
+    """
+    import mrcfile
+
+    with mrcfile.mmap(path, mode="r") as mrc:
+        data = mrc.data
+        if data is None or data.ndim != 3:
+            raise InputError(f"{path}: expected a volume data[z, y, x], found shape {getattr(data, 'shape', None)}")
+        nz, ny, _ = data.shape
+        return (np.array(data[nz // 2], dtype=np.float32), np.array(data[:, ny // 2, :], dtype=np.float32),
+                float(mrc.voxel_size.x))

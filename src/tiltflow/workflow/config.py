@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..options import AlignOptions, CoarseOptions, LMOptions, ReconOptions
+from ..options import AlignOptions, CoarseOptions, LMOptions, MatchingOptions, ReconOptions
 from ..stages import get_stage
 
 #: ``reconstruct`` keys whose option field has another name (units in the name).
 RECON_FIELD_NAMES = {"thickness": "thickness_px", "z_offset": "z_offset_px"}
+#: ``projection_matching`` keys whose option field has another name.
+MATCH_FIELD_NAMES = {"finest_size": "finest_size_px", "thickness": "thickness_px", "band_height": "band_height_px",
+                     "tolerance": "tolerance_px"}
 
 #: Config key -> (options class, field name): where each science key lands.  The config's defaults
 #: (schema, shipped config.yaml, config/README.md) must equal these fields' defaults.
@@ -32,6 +35,9 @@ OPTION_FIELDS = {
     **{f"reconstruct.{k}": (ReconOptions, k) for k in ("binning", "lowpass_cutoff", "lowpass_sigma",
                                                         "sirt_iterations", "slab_rows", "oversampling", "dtype")},
     **{f"reconstruct.{k}": (ReconOptions, field) for k, field in RECON_FIELD_NAMES.items()},
+    **{f"projection_matching.{k}": (MatchingOptions, MATCH_FIELD_NAMES.get(k, k))
+       for k in ("finest_size", "thickness", "band_height", "reconstruction", "max_iterations", "tolerance",
+                 "with_markers")},
 }
 
 
@@ -54,6 +60,12 @@ def write_params(config):
     """Params of ``write_alignment``: what the full model frees (for the leave-out and standard errors)."""
     align = config.get("align") or {}
     return {k: align.get(k) for k in ("rotation", "scale", "tilt")}
+
+
+def images_params(config):
+    """Params of ``align_images``: the ``coarse`` and ``projection_matching`` sections."""
+    return {"coarse": dict(config.get("coarse") or {}),
+            "projection_matching": dict(config.get("projection_matching") or {})}
 
 
 def recon_params(config):
@@ -84,3 +96,8 @@ def recon_options(params):
     """:class:`~tiltflow.options.ReconOptions` from params holding a ``reconstruct`` section."""
     return _from_config(ReconOptions, dict(params.get("reconstruct") or {}), RECON_FIELD_NAMES)
 
+
+
+def matching_options(params):
+    """:class:`~tiltflow.options.MatchingOptions` from params holding a ``projection_matching`` section."""
+    return _from_config(MatchingOptions, dict(params.get("projection_matching") or {}), MATCH_FIELD_NAMES)

@@ -55,9 +55,11 @@ def read_sheet(path):
         name = row["series"]
         if not NAME.match(name):
             raise InputError(f"{path}: line {i}: series name {name!r} must match [A-Za-z0-9_.-]+")
-        for c in ("markers", "tilts"):
-            if not row[c]:
-                raise InputError(f"{path}: line {i} ({name}): column {c} is empty; it is required")
+        if not row["tilts"]:
+            raise InputError(f"{path}: line {i} ({name}): column tilts is empty; it is required")
+        if not row["markers"] and not row["stack"]:
+            raise InputError(f"{path}: line {i} ({name}): markers and stack are both empty; a series needs a "
+                             "marker model, or a stack to be aligned from its images (markers empty)")
         for c in FLOAT_COLUMNS:
             row[c] = _to_number(row[c], float, path, i, name, c, required=c == "tilt_axis_angle")
         for c in INT_COLUMNS:
@@ -121,7 +123,7 @@ def series_spec(row) -> SeriesSpec:
     views = tuple(parse_views(str(row.get("exclude_views") or ""), f"sheet row {row['series']}"))
     return SeriesSpec(
         name=row["series"],
-        markers=row["markers"],
+        markers=row.get("markers") or None,
         tilts=row["tilts"],
         tilt_axis_deg=float(row["tilt_axis_angle"]),
         stack=row.get("stack") or None,

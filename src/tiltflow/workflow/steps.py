@@ -148,3 +148,44 @@ def _image_threads(threads):
 
     numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     return scipy.fft.set_workers(max(1, int(threads)))
+
+
+def align_images(prepared_path, params, series_name, out, threads=1):
+    """Rule ``align_images``: a marker-free series aligned from its stack
+    (:func:`tiltflow.image_align.align_from_images`).
+
+    ``out`` maps ``xf``, ``tlt``, ``coarse_xf``, ``views`` and ``summary`` to paths.
+    """
+    from ..image_align import align_from_images
+    from ..io.mrc import Stack
+    from ..stackmatch import stack_options
+    from .config import matching_options
+
+    prepared = load_prepared(prepared_path)
+    if not prepared.stack:
+        raise ValueError(f"{prepared_path}: a marker-free series needs a stack to be aligned from")
+    options = matching_options(params)
+    with Stack(prepared.stack) as stack, _image_threads(threads):
+        result = align_from_images(prepared, stack, coarse_options(params), stack_options(options), series_name)
+    io.write_xf(out["xf"], result.xf)
+    io.write_tlt(out["tlt"], result.tilt_deg)
+    io.write_xf(out["coarse_xf"], result.coarse_xf)
+    write_table(out["views"], result.views_table)
+    write_json(out["summary"], result.summary)
+
+
+def plot_images(views_path, summary_path, out_png):
+    """Rule ``plot_images``: the projection-matching plot of a marker-free series."""
+    from .. import plots
+
+    plots.save_figure(plots.projection_matching(read_table(views_path, text_columns=("status",)),
+                                                read_json(summary_path)), out_png)
+
+
+def plot_tomogram(tomogram_path, series_name, out_png):
+    """Rule ``plot_tomogram``: central XY and XZ sections of a tomogram."""
+    from .. import plots
+    from ..io.mrc import central_sections
+
+    xy, xz, voxel = central_sections(tomogram_path)
+    plots.save_figure(plots.tomogram_sections(xy, xz, series_name, voxel), out_png)
