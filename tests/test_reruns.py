@@ -35,12 +35,21 @@ CHANGED = {
     "reconstruct.slab_rows": 16,
     "reconstruct.oversampling": 8,
     "reconstruct.dtype": "float16",
+    "projection_matching.finest_size": 128,
+    "projection_matching.thickness": 40.0,
+    "projection_matching.band_height": 2.0,
+    "projection_matching.reconstruction": "sirt",
+    "projection_matching.max_iterations": 5,
+    "projection_matching.tolerance": 0.1,
     "robust": False,
     "tiltseries": "copy_of_sheet.tsv",
 }
+#: Keys whose changed value is refused before any job runs (the message names the key).
+REFUSED = {"projection_matching.with_markers": (True, "projection_matching.with_markers: true is not available")}
 
 STAGES = ("align_initial", "align_main", "align_tilt", "align_polish")
-#: Which rules read each key (besides write_provenance, which records them all), written out by hand ("st" is the series with a stack, "m" has markers only).
+#: Which rules read each key (besides write_provenance, which records them all), written out by hand ("st" is the
+#: series with a stack, "m" has markers only, "nm" is marker-free: st's stack without its markers).
 READERS = {
     "align.rotation": {r: ("m", "st") for r in (*STAGES, "write_alignment")},
     "align.scale": {r: ("m", "st") for r in ("align_main", "align_tilt", "align_polish", "write_alignment")},
@@ -50,8 +59,9 @@ READERS = {
     "align.max_iterations": {r: ("m", "st") for r in STAGES},
     "align.ftol": {r: ("m", "st") for r in STAGES},
     "robust": {r: ("m", "st") for r in ("align_main", "align_tilt", "align_polish")},
-    **{k: {"align_coarse": ("st",)} for k in CHANGED if k.startswith("coarse.")},
-    **{k: {"reconstruct_tomogram": ("st",)} for k in CHANGED if k.startswith("reconstruct.")},
+    **{k: {"align_coarse": ("st",), "align_images": ("nm",)} for k in CHANGED if k.startswith("coarse.")},
+    **{k: {"align_images": ("nm",)} for k in CHANGED if k.startswith("projection_matching.")},
+    **{k: {"reconstruct_tomogram": ("st", "nm")} for k in CHANGED if k.startswith("reconstruct.")},
     "tiltseries": {},
 }
 
@@ -63,7 +73,8 @@ FEEDS = {
     "align_tilt": ("align_polish", "write_alignment"),
     "align_polish": ("write_alignment",),
     "write_alignment": ("plot_alignment", "reconstruct_tomogram", "summarize", "write_provenance"),
-    "reconstruct_tomogram": ("write_provenance",),
+    "align_images": ("plot_images", "reconstruct_tomogram", "summarize", "write_provenance"),
+    "reconstruct_tomogram": ("write_provenance", "plot_tomogram"),
     "summarize": ("plot_summary",),
 }
 
@@ -71,10 +82,10 @@ FEEDS = {
 def expected_jobs(key):
     jobs = set()
     todo = [(rule, s) for rule, series in READERS[key].items() for s in series]
-    todo += [("write_provenance", s) for s in ("m", "st")]  # records the whole config
+    todo += [("write_provenance", s) for s in ("m", "st", "nm")]  # records the whole config
     while todo:
         rule, s = todo.pop()
-        if rule == "reconstruct_tomogram" and s != "st":
+        if rule == "reconstruct_tomogram" and s not in ("st", "nm"):
             continue
         if key == "align.polish" and rule == "align_polish":
             continue
@@ -94,9 +105,11 @@ def expected_jobs(key):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A marker-only series and a small series with a stack, run to completion."""
+    """A marker-only series, a small series with a stack and the same stack without markers, run to completion."""
     work = tmp_path_factory.mktemp("reruns")
     marker_and_stack_series(work, 5, 6)
+    with open(work / "sheet.tsv", "a") as sheet:
+        sheet.write("nm\t\tst/t.rawtlt\t-5.0\tst/s.mrc\t\t\n")
     shutil.copy(work / "sheet.tsv", work / "copy_of_sheet.tsv")
     (work / "base.yaml").write_text(yaml.safe_dump({"tiltseries": "sheet.tsv"}))
     snakemake(work, "--configfile", "base.yaml")
@@ -105,7 +118,19 @@ def project(tmp_path_factory):
 
 
 def test_every_key_is_covered():
-    assert set(CHANGED) == set(LEAVES) == set(READERS)
+    assert set(CHANGED) | set(REFUSED) == set(LEAVES)
+    assert set(CHANGED) == set(READERS)
+
+
+@pytest.mark.parametrize("key", sorted(REFUSED))
+def test_a_refused_value_stops_the_run_with_the_reason(project, key):
+    section, _, name = key.rpartition(".")
+    value, message = REFUSED[key]
+    path = project / f"refused_{key}.yaml"
+    path.write_text(yaml.safe_dump({"tiltseries": "sheet.tsv", section: {name: value}}))
+    out = snakemake(project, "--configfile", path.name, "-n", check=False)
+    assert out.returncode != 0
+    assert message in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("key", sorted(CHANGED))
