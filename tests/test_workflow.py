@@ -13,6 +13,7 @@ import yaml
 from conftest import REPO
 
 from tiltflow import io, simulate
+from tiltflow.io.tables import read_table
 
 SNAKEFILE = REPO / "Snakefile"
 
@@ -320,3 +321,49 @@ def test_an_alignment_stage_job_loads_neither_numba_scipy_pandas_nor_matplotlib(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert json.loads((tmp_path / "main.json").read_text())["stages"][-1]["name"] == "main"
+
+
+def test_a_marker_free_series_is_aligned_from_its_images(tmp_path):
+    """markers empty + stack: coarse + projection matching, the IMOD files, the quality metrics, the pictures."""
+    marker_and_stack_series(tmp_path, 5, 6)
+    spec = simulate.SimulationSpec(n_views=31, n_markers=10, n_full_tracks=6, width=160, height=160,
+                                   thickness_px=30.0, tilt_axis_deg=-6.0, shift_max_px=10.0, noise_px=0.3, seed=6)
+    sim = simulate.simulate(spec)  # the truth behind st/s.mrc
+    (tmp_path / "sheet.tsv").write_text(
+        "series\tmarkers\ttilts\ttilt_axis_angle\tstack\n"
+        "nm\t\tst/t.rawtlt\t-5.0\tst/s.mrc\n"
+    )
+    snakemake(tmp_path, "--config", "tiltseries=sheet.tsv")
+    out = tmp_path / "results/nm"
+    for name in ("nm.xf", "nm.tlt", "coarse.xf", "views.tsv", "summary.json", "tomogram.mrc", "provenance.json",
+                 "plots/projection_matching.png", "plots/tomogram.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "fiducials.tsv").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["alignment"] == "images" and summary["n_markers"] == 0
+    pm = summary["projection_matching"]
+    assert [lv["binning"] for lv in pm["levels"]] == [4, 2, 1] and pm["converged"]
+    views = read_table(out / "views.tsv", text_columns=("status",))
+    assert np.all(views["ncc_after"] > 0.5)
+    est = np.column_stack([views["dx"], views["dy"]])
+    err = simulate.shift_error_px(est, sim.views[:, 3:], sim.views[:, 0], np.rad2deg(sim.views[:, 1]).mean())
+    coarse = np.column_stack([views["coarse_dx"], views["coarse_dy"]])
+    err_coarse = simulate.shift_error_px(coarse, sim.views[:, 3:], sim.views[:, 0], np.rad2deg(sim.views[:, 1]).mean())
+    assert err <= 0.5, f"{err:.3f} px RMS (coarse {err_coarse:.3f})"
+    # the .xf alone reproduces the alignment: raw position of the centre of view j -> aligned centre
+    xf = io.read_xf(out / "nm.xf")
+    a = xf[:, :4].reshape(-1, 2, 2)
+    back = np.einsum("nij,nj->ni", a, est) + xf[:, 4:]
+    np.testing.assert_allclose(back, 0.0, atol=1e-3)
+
+
+def test_a_row_without_markers_or_stack_is_refused_naming_it(tmp_path):
+    small_series(tmp_path / "m", 1)
+    (tmp_path / "sheet.tsv").write_text(
+        "series\tmarkers\ttilts\ttilt_axis_angle\twidth\theight\n"
+        "ok\tm/m.csv\tm/t.rawtlt\t-12.0\t800\t700\n"
+        "empty\t\tm/t.rawtlt\t-12.0\t800\t700\n"
+    )
+    res = snakemake(tmp_path, "--config", "tiltseries=sheet.tsv", "-n", check=False)
+    assert res.returncode != 0
+    assert "line 3 (empty): markers and stack are both empty" in res.stdout + res.stderr
