@@ -27,6 +27,7 @@ import logging
 import numpy as np
 import scipy.ndimage
 
+from .imaging import taper_window
 from .projmatch import (
     MatchOptions,
     estimate_shifts,
@@ -138,16 +139,6 @@ def level_binnings(shape, options: StackMatchOptions):
     return kept
 
 
-def _taper(n, fraction):
-    w = np.ones(n)
-    k = int(round(fraction * n))
-    if k > 0:
-        t = (np.arange(k) + 0.5) / k
-        w[:k] = 0.5 - 0.5 * np.cos(np.pi * t)
-        w[n - k:] = w[:k][::-1]
-    return w
-
-
 def aligned_views(views, shifts_px, axis_deg, binning, taper_fraction):
     """Views moved back by their shifts, tilt axis vertical, binned, normalised and tapered.
 
@@ -173,7 +164,7 @@ def aligned_views(views, shifts_px, axis_deg, binning, taper_fraction):
     a = np.deg2rad(axis_deg)
     u = (np.arange(nu) - (nu - 1) / 2.0) * b
     v = (np.arange(nv) - (nv - 1) / 2.0) * b
-    window = np.outer(_taper(nv, taper_fraction), _taper(nu, taper_fraction))
+    window = taper_window((nv, nu), taper_fraction)
     inside = window > 0.5
     out = np.empty((len(shifts_px), nv, nu))
     for j, shift in enumerate(shifts_px):
