@@ -160,7 +160,7 @@ rule align_images:
         views="results/{series}/views.tsv",
         summary="results/{series}/summary.json",
     params:
-        options=image_params,
+        options=images_params(config),
     threads: stack_resource("coarse", "threads")
     resources:
         mem_mb=stack_resource("coarse", "mem_mb"),

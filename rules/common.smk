@@ -100,11 +100,6 @@ def has_stack(series):
     return bool(sheet.loc[series, "stack"])
 
 
-def image_params(wildcards):
-    """What align_images reads: the ``coarse`` and ``projection_matching`` sections."""
-    return images_params(config)
-
-
 def job_group(step):
     """The cluster job group of a per-series step, as a function of the series.
 

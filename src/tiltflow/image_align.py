@@ -20,7 +20,6 @@ from .model import Prepared, Table
 from .options import CoarseOptions
 from .projection import DX, DY, ROT, SCALE, TILT
 from .stackmatch import MIN_VIEWS, StackMatchOptions, match_stack
-from .tiltorder import walk_outward
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +83,7 @@ def align_from_images(prepared: Prepared, views, coarse_options=CoarseOptions(),
 
     s = prepared.series
     usable = ~s.excluded
-    if usable.sum() < MIN_VIEWS or len(walk_outward(s.nominal_tilt_deg, reference_view(s.nominal_tilt_deg, usable),
-                                                    usable)) < MIN_VIEWS - 1:
+    if usable.sum() < MIN_VIEWS:
         raise ValueError(f"{name}: alignment from images needs at least {MIN_VIEWS} usable views, "
                          f"got {int(usable.sum())}")
     ref = reference_view(s.nominal_tilt_deg, usable)
@@ -137,8 +135,7 @@ def align_from_images(prepared: Prepared, views, coarse_options=CoarseOptions(),
         "min_ncc_after": float(np.nanmin(match.ncc_after[ok])),
         "worst_view": int(np.flatnonzero(ok)[np.nanargmin(match.ncc_after[ok])]),
         "max_shift_applied_px": float(np.abs(applied[usable]).max()),
-        "options": {k: v for k, v in dataclasses.asdict(options).items() if k != "match"}
-        | {"match": dataclasses.asdict(options.match)},
+        "options": dataclasses.asdict(options),
     }
     if not match.converged:
         log.warning("%s: projection matching did not converge at every level; the last estimate is kept "

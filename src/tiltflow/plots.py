@@ -148,7 +148,7 @@ def save_all(fid, views, markers, paths, centre_xy=(0.0, 0.0)):
             fig = fn(fid, views, centre_xy)
         else:
             fig = fn(fid, views)
-        fig.savefig(path, dpi=90, pil_kwargs=PNG_OPTIONS)
+        save_figure(fig, path)
 
 
 def summary_plot(table, path):
@@ -160,7 +160,7 @@ def summary_plot(table, path):
     ax.set_xticks(x, table["series"], rotation=30, ha="right")
     ax.set_ylabel("px")
     ax.legend()
-    fig.savefig(path, dpi=90, pil_kwargs=PNG_OPTIONS)
+    save_figure(fig, path)
 
 
 def _grey(ax, img, title):
