@@ -94,3 +94,15 @@ def test_too_few_views_and_too_small_views_are_refused():
         stackmatch.match_stack(np.zeros((4, 64, 64)), [0, 10, 20, 30], 0.0, np.zeros((4, 2)), name="s")
     with pytest.raises(ValueError, match="too small for projection matching"):
         stackmatch.level_binnings((40, 40), stackmatch.StackMatchOptions(binnings=(2,)))
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"^s: views of 24 x 24 px are too small for projection matching"):
+        stackmatch.match_stack(rng.normal(size=(5, 24, 24)), [-20, -10, 0, 10, 20], 0.0, np.zeros((5, 2)), name="s")
+
+
+def test_bad_matching_options_are_refused_naming_the_parameter():
+    from tiltflow.options import MatchingOptions
+
+    with pytest.raises(ValueError, match="reconstruction must be wbp, sirt or tv; got 'art'"):
+        MatchingOptions(reconstruction="art")
+    with pytest.raises(ValueError, match=r"thickness_px must be >= 0 \(0: measured\), got -1"):
+        MatchingOptions(thickness_px=-1)

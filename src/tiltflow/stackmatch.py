@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import numpy as np
 import scipy.ndimage
@@ -139,7 +140,7 @@ def level_binnings(shape, options: StackMatchOptions):
     return kept
 
 
-def aligned_views(views, shifts_px, axis_deg, binning, taper_fraction):
+def aligned_views(views, shifts_px, axis_deg, binning, taper_fraction, view_ids=None):
     """Views moved back by their shifts, tilt axis vertical, binned, normalised and tapered.
 
     Parameters
@@ -149,6 +150,8 @@ def aligned_views(views, shifts_px, axis_deg, binning, taper_fraction):
     axis_deg : float
     binning : int
     taper_fraction : float
+    view_ids : sequence of int, optional
+        The views' numbers in the series, for messages (default ``0, 1, ...``).
 
     Returns
     -------
@@ -179,7 +182,7 @@ def aligned_views(views, shifts_px, axis_deg, binning, taper_fraction):
         ok = np.isfinite(o)
         sel = ok & inside
         if sel.sum() < 16:
-            raise ValueError(f"view {j}: its shift ({shift[0]:.1f}, {shift[1]:.1f}) px moves it out of the field")
+            raise ValueError(f"view {j if view_ids is None else view_ids[j]}: its shift ({shift[0]:.1f}, {shift[1]:.1f}) px moves it out of the field")
         mean, sd = o[sel].mean(), o[sel].std()
         out[j] = np.where(ok, (o - mean) / max(sd, 1e-12), 0.0) * window
     return out
@@ -253,8 +256,6 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
     ValueError
         Too few usable views, views too small for the levels, inconsistent shapes.
     """
-    import time
-
     tilt_deg = np.asarray(tilt_deg, dtype=float)
     n = len(tilt_deg)
     shifts = np.asarray(shifts_px, dtype=float).copy()
@@ -268,7 +269,20 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
         raise ValueError(f"{name}: projection matching needs at least {MIN_VIEWS} usable views, got {len(idx)}")
     used = [np.asarray(views[int(j)]) for j in idx]
     shape = used[0].shape
-    binnings = level_binnings(shape, options)
+    try:
+        binnings = level_binnings(shape, options)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    a = np.deg2rad(axis_deg)
+    across_xy = np.array([np.cos(a), np.sin(a)])
+    along_xy = np.array([-np.sin(a), np.cos(a)])
+
+    def level_bands(shifts_used, b):
+        """Bands ``(n_bands, n_views, n_u)`` at binning ``b``, and the rows in each band."""
+        band_px = max(1, int(round(options.band_height_px / b)))
+        aligned = aligned_views(used, shifts_used, axis_deg, b, options.taper_fraction, idx)
+        return _bands(aligned, band_px), band_px
+
     tilt = np.deg2rad(tilt_deg[idx])
     thickness = float(options.thickness_px)
     report, converged = [], True
@@ -276,9 +290,7 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
     vol = None
     for level, b in enumerate(binnings):
         t0 = time.perf_counter()
-        aligned = aligned_views(used, shifts[idx], axis_deg, b, options.taper_fraction)
-        band_px = max(1, int(round(options.band_height_px / b)))
-        bands = _bands(aligned, band_px)
+        bands, band_px = level_bands(shifts[idx], b)
         nu = bands.shape[-1]
         if thickness <= 0:
             measured, _ = measure_thickness(bands, tilt, nu, options.match)
@@ -287,9 +299,6 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
         nz = max(8, int(round(thickness / b)))
         res = match_shifts(bands, tilt, (nz, nu), options.match)
         along = _along_shifts(bands, res.shifts_px, tilt, (nz, nu), options.match) * band_px
-        a = np.deg2rad(axis_deg)
-        across_xy = np.array([np.cos(a), np.sin(a)])
-        along_xy = np.array([-np.sin(a), np.cos(a)])
         shifts[idx] += b * (res.shifts_px[:, None] * across_xy[None, :] + along[:, None] * along_xy[None, :])
         converged &= res.converged
         if level == len(binnings) - 1:
@@ -305,8 +314,7 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
                  name, b, len(res.updates_px), res.updates_px[-1] * b, res.ncc_before.mean(), res.ncc_after.mean())
     if ncc_before is None:  # the finest level's NCC with the starting shifts
         b = binnings[-1]
-        bands = _bands(aligned_views(used, np.asarray(shifts_px, dtype=float)[idx], axis_deg, b,
-                                     options.taper_fraction), max(1, int(round(options.band_height_px / b))))
+        bands, _ = level_bands(np.asarray(shifts_px, dtype=float)[idx], b)
         reproj, _ = reproject(bands, tilt, (max(8, int(round(thickness / b))), bands.shape[-1]), options.match)
         ncc_before = ncc_rows(bands, reproj)
     shifts = interpolate_over_tilt(shifts, tilt_deg, usable)
