@@ -365,3 +365,78 @@ def demo_stack(name):
     spec = DEMO_SERIES[name]
     views = render_stack(simulate(spec), spec.thickness_px, DEMO_STACKS[name])
     return np.clip(np.round(views), -32768, 32767).astype(np.int16)
+
+
+def _ncc(a, b):
+    a = a - a.mean()
+    b = b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def _translation_voxels(moving, fixed):
+    """Translation ``d`` (voxels, ``(z, y, x)``) with ``moving(p) ~ fixed(p - d)``: the peak of
+    their circular cross-correlation, refined by a parabola through its neighbours on each axis."""
+    f = np.fft.rfftn(moving - moving.mean()) * np.conj(np.fft.rfftn(fixed - fixed.mean()))
+    cc = np.fft.irfftn(f, s=moving.shape, axes=range(moving.ndim))
+    peak = np.array(np.unravel_index(np.argmax(cc), cc.shape))
+    d = peak.astype(float)
+    for axis, n in enumerate(cc.shape):
+        idx = [int(p) for p in peak]
+        vals = []
+        for step in (-1, 0, 1):
+            idx[axis] = (peak[axis] + step) % n
+            vals.append(cc[tuple(idx)])
+        denom = vals[0] - 2 * vals[1] + vals[2]
+        if denom < 0:
+            d[axis] += 0.5 * (vals[0] - vals[2]) / denom
+    shape = np.array(cc.shape)
+    return np.where(d > shape / 2, d - shape, d)
+
+
+def tomogram_fidelity(sim, line_integrals, views, thickness_px, render=RenderSpec(), binning=2):
+    """How well a tomogram reconstructed with an alignment matches the specimen, against the true geometry.
+
+    Both the tomogram with the true geometry (``sim.views``) and the one with
+    the given alignment are reconstructed by weighted back-projection (the
+    workflow's :func:`tiltflow.reconstruct.reconstruct`) from the same line
+    integrals, and compared by normalised cross-correlation with the
+    specimen's density sampled on the same voxel grid.  The given alignment
+    may place the specimen elsewhere (its gauge: a 3D translation that no
+    alignment can determine); the truth is moved by the translation that
+    best matches the tomogram (cross-correlation peak) before comparing.
+
+    Parameters
+    ----------
+    sim : SimulatedSeries
+    line_integrals : ndarray, shape (n_views, height, width)
+        ``-log(counts / dose)`` of the rendered views (positive density).
+    views : ndarray, shape (n_views, 5)
+        The alignment's view parameters (:data:`tiltflow.projection.VIEW_COLUMNS`).
+    thickness_px : float
+        The specimen slab thickness it was rendered with; the tomogram is 1.5 times as thick.
+    render : RenderSpec
+        As the stack was rendered with.
+    binning : int
+
+    Returns
+    -------
+    dict
+        ``ncc_true_geometry``, ``ncc``, ``ratio`` (``ncc / ncc_true_geometry``),
+        ``translation_px`` (x, y, z, unbinned pixels, the gauge removed).
+    """
+    from . import reconstruct
+
+    shape_yx = line_integrals.shape[1:]
+    opts = reconstruct.ReconOptions(thickness_px=int(round(1.5 * thickness_px)), binning=binning)
+    grid = reconstruct.grid_matrix(shape_yx, opts)
+    shape = reconstruct.volume_shape(shape_yx, opts)
+    centres, sigma, density = specimen(sim, thickness_px, render)
+    truth = render_volume(centres, sigma, density, grid, shape)
+    ideal, _ = reconstruct.reconstruct(line_integrals, projection.views_to_xf(sim.views),
+                                       np.rad2deg(sim.views[:, 0]), opts)
+    given, _ = reconstruct.reconstruct(line_integrals, projection.views_to_xf(views), np.rad2deg(views[:, 0]), opts)
+    dz, dy, dx = _translation_voxels(given, truth) * binning
+    moved = render_volume(centres + np.array([dx, dy, dz]), sigma, density, grid, shape)
+    r_ideal, r_given = _ncc(ideal, truth), _ncc(given, moved)
+    return {"ncc_true_geometry": r_ideal, "ncc": r_given, "ratio": r_given / r_ideal,
+            "translation_px": [float(dx), float(dy), float(dz)]}
