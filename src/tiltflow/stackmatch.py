@@ -65,7 +65,8 @@ class StackMatchOptions:
         Height (raw pixels) of the bands along the tilt axis whose rows are
         summed (at least one working row); each band is a sinogram, all share
         one shift per view across the axis, and the shift along the axis is
-        read across the bands (coarser bands read it less well).
+        read across the bands (coarser bands read it less well; a round
+        costs in proportion to the number of bands).
     taper_fraction : float
         Cosine edge taper of the aligned views, as a fraction of each side.
     match : MatchOptions
@@ -140,18 +141,31 @@ def level_binnings(shape, options: StackMatchOptions):
     return kept
 
 
-def aligned_views(views, shifts_px, axis_deg, binning, taper_fraction, view_ids=None):
+def view_linear(axis_deg, scale, n_views):
+    """Per view the map from aligned ``(u, v)`` to raw offsets, ``scale R(axis)``: shape (n_views, 2, 2)."""
+    a = np.deg2rad(np.broadcast_to(np.asarray(axis_deg, dtype=float), (n_views,)))
+    s = np.ones(n_views) if scale is None else np.asarray(scale, dtype=float)
+    c, t = np.cos(a) * s, np.sin(a) * s
+    return np.stack([np.stack([c, -t], -1), np.stack([t, c], -1)], -2)
+
+
+def aligned_views(views, shifts_px, axis_deg, binning, taper_fraction, view_ids=None, scale=None):
     """Views moved back by their shifts, tilt axis vertical, binned, normalised and tapered.
 
     Parameters
     ----------
     views : sequence of ndarray (ny, nx)
     shifts_px : ndarray, shape (n_views, 2)
-    axis_deg : float
+    axis_deg : float, or ndarray (n_views,)
+        Tilt-axis angle, one for the series or one per view.
     binning : int
     taper_fraction : float
     view_ids : sequence of int, optional
         The views' numbers in the series, for messages (default ``0, 1, ...``).
+    scale : ndarray (n_views,), optional
+        Magnification of each view (default 1): the raw point of aligned
+        ``(u, v)`` is ``centre + shift + scale R(axis) (u, v)``, the
+        projection model of :mod:`tiltflow.projection`.
 
     Returns
     -------
@@ -164,20 +178,22 @@ def aligned_views(views, shifts_px, axis_deg, binning, taper_fraction, view_ids=
     ny, nx = np.asarray(views[0]).shape
     b = int(binning)
     nu, nv = nx // b, ny // b
-    a = np.deg2rad(axis_deg)
+    n = len(shifts_px)
+    linear = view_linear(axis_deg, scale, n)
     u = (np.arange(nu) - (nu - 1) / 2.0) * b
     v = (np.arange(nv) - (nv - 1) / 2.0) * b
     window = taper_window((nv, nu), taper_fraction)
     inside = window > 0.5
-    out = np.empty((len(shifts_px), nv, nu))
+    out = np.empty((n, nv, nu))
     for j, shift in enumerate(shifts_px):
         img = np.asarray(views[j], dtype=np.float64)
         if b > 1:
             img = img[: nv * b, : nu * b].reshape(nv, b, nu, b).mean(axis=(1, 3))
-        # raw point of aligned (u, v): centre + shift + u * across + v * along, as binned pixel indices
+        # raw point of aligned (u, v): centre + shift + L (u, v), as binned pixel indices
         cx, cy = (nx / 2.0 + shift[0]) / b - 0.5, (ny / 2.0 + shift[1]) / b - 0.5
-        px = cx + (u[None, :] * np.cos(a) - v[:, None] * np.sin(a)) / b
-        py = cy + (u[None, :] * np.sin(a) + v[:, None] * np.cos(a)) / b
+        (l00, l01), (l10, l11) = linear[j]
+        px = cx + (u[None, :] * l00 + v[:, None] * l01) / b
+        py = cy + (u[None, :] * l10 + v[:, None] * l11) / b
         o = scipy.ndimage.map_coordinates(img, [py, px], order=1, mode="constant", cval=np.nan)
         ok = np.isfinite(o)
         sel = ok & inside
@@ -229,7 +245,8 @@ def _along_shifts(bands, across_px, angle_rad, shape, options: MatchOptions):
     return d - d.mean()
 
 
-def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(), usable=None, name="series"):
+def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(), usable=None, name="series",
+                scale=None):
     """Refine the shifts of a tilt series from its images by projection matching, coarse to fine.
 
     Parameters
@@ -237,8 +254,8 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
     views : sequence of ndarray (ny, nx), or ndarray (n_views, ny, nx)
         Raw views, any contrast (bright-field or HAADF), any counts.
     tilt_deg : ndarray, shape (n_views,)
-    axis_deg : float
-        Tilt-axis angle (IMOD RotationAngle convention).
+    axis_deg : float, or ndarray (n_views,)
+        Tilt-axis angle (IMOD RotationAngle convention), one or per view.
     shifts_px : ndarray, shape (n_views, 2)
         Starting shifts (e.g. :func:`tiltflow.coarse.coarse_align`), raw pixels.
     options : StackMatchOptions
@@ -246,6 +263,8 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
         False for excluded views (not read; their shifts interpolated over tilt).
     name : str
         Series name for messages.
+    scale : ndarray (n_views,), optional
+        Magnification of each view (default 1; e.g. a marker solution's).
 
     Returns
     -------
@@ -273,14 +292,14 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
         binnings = level_binnings(shape, options)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
-    a = np.deg2rad(axis_deg)
-    across_xy = np.array([np.cos(a), np.sin(a)])
-    along_xy = np.array([-np.sin(a), np.cos(a)])
+    axis_used = np.broadcast_to(np.asarray(axis_deg, dtype=float), (n,))[idx]
+    scale_used = None if scale is None else np.asarray(scale, dtype=float)[idx]
+    linear = view_linear(axis_used, scale_used, len(idx))
 
     def level_bands(shifts_used, b):
         """Bands ``(n_bands, n_views, n_u)`` at binning ``b``, and the rows in each band."""
         band_px = max(1, int(round(options.band_height_px / b)))
-        aligned = aligned_views(used, shifts_used, axis_deg, b, options.taper_fraction, idx)
+        aligned = aligned_views(used, shifts_used, axis_used, b, options.taper_fraction, idx, scale_used)
         return _bands(aligned, band_px), band_px
 
     tilt = np.deg2rad(tilt_deg[idx])
@@ -299,7 +318,7 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
         nz = max(8, int(round(thickness / b)))
         res = match_shifts(bands, tilt, (nz, nu), options.match)
         along = _along_shifts(bands, res.shifts_px, tilt, (nz, nu), options.match) * band_px
-        shifts[idx] += b * (res.shifts_px[:, None] * across_xy[None, :] + along[:, None] * along_xy[None, :])
+        shifts[idx] += b * np.einsum("nij,nj->ni", linear, np.column_stack([res.shifts_px, along]))
         converged &= res.converged
         if level == len(binnings) - 1:
             ncc_after = res.ncc_after
