@@ -126,6 +126,7 @@ rule write_alignment:
         prepared="results/{series}/work/prepared.json",
         state=final_stage,
         coarse="results/{series}/stages/coarse.json",
+        stack=refine_stack,
     output:
         xf="results/{series}/{series}.xf",
         tlt="results/{series}/{series}.tlt",
@@ -136,11 +137,17 @@ rule write_alignment:
         markers="results/{series}/markers.tsv",
         large_residuals="results/{series}/large_residuals.tsv",
     params:
-        options=write_params(config),
+        options=write_alignment_params,
+    threads: stack_resource("coarse", "threads")
+    resources:
+        mem_mb=stack_resource("coarse", "mem_mb"),
+        runtime=stack_resource("coarse", "runtime"),
     group:
-        "align"
+        write_alignment_group
     log:
         "logs/{series}/write_alignment.log",
+    benchmark:
+        "benchmarks/{series}/write_alignment.tsv"
     conda:
         "../envs/tiltflow.yaml"
     script:

@@ -26,11 +26,8 @@ SERIES = sheet["series"].tolist()
 IMAGE_SERIES = [s for s in SERIES if not sheet.loc[s, "markers"]]
 MARKER_SERIES = [s for s in SERIES if s not in IMAGE_SERIES]
 
-if config["projection_matching"]["with_markers"]:
-    raise ValueError(
-        "config projection_matching.with_markers: true is not available yet; expected false "
-        "(series without markers are always aligned by projection matching)"
-    )
+#: Whether the images of series with markers and a stack refine the marker solution (in write_alignment).
+REFINE_WITH_IMAGES = bool(config["projection_matching"]["with_markers"])
 
 
 def names_pattern(names):
@@ -135,6 +132,21 @@ def stack_resource(kind, name):
         return getattr(res, name)
 
     return get
+
+
+def refine_stack(wildcards):
+    """The stack write_alignment reads when the images refine the markers (else nothing)."""
+    return series_stack(wildcards) if REFINE_WITH_IMAGES else []
+
+
+def write_alignment_params(wildcards):
+    """write_alignment's params: the model (leave-out, standard errors) and, with a stack, the refinement."""
+    return write_params(config, has_stack(wildcards.series))
+
+
+def write_alignment_group(wildcards):
+    """A series refined from its images writes its alignment in its images group (heavy), else align."""
+    return "images" if REFINE_WITH_IMAGES and has_stack(wildcards.series) else "align"
 
 
 def final_stage(wildcards):

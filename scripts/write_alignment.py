@@ -1,4 +1,5 @@
-"""Rule write_alignment: IMOD .xf/.tlt/.xyz, fiducials.tsv and summary.json."""
+"""Rule write_alignment: IMOD .xf/.tlt/.xyz, fiducials.tsv and summary.json (with
+projection_matching.with_markers, the shifts refined from the stack's images first)."""
 from tiltflow.workflow import steps
 from tiltflow.workflow.runtime import run_logged
 
@@ -11,4 +12,5 @@ run_logged(
     snakemake.wildcards.series,
     dict(snakemake.output.items()),
     snakemake.input.coarse,
+    threads=snakemake.threads,
 )

@@ -68,7 +68,7 @@ def run_steps(folder, row, tag="run", config=None):
         nxt = folder / f"{tag}.{stage}.json"
         steps.align_stage(stage, prepared, state, wconfig.stage_params(stage, config), nxt)
         state = nxt
-    steps.write_alignment(prepared, state, wconfig.write_params(config), row["series"],
+    steps.write_alignment(prepared, state, wconfig.write_params(config, bool(row.get("stack"))), row["series"],
                           {k: out[k] for k in ("xf", "tlt", "xyz", "fiducials", "summary")}, coarse_state)
     out["prepared"] = prepared
     return out

@@ -260,7 +260,8 @@ class MatchingOptions:
     tolerance_px : float
         A level stops when the largest shift update is below this (its pixels).
     with_markers : bool
-        Also refine series that have markers (not available yet: refused).
+        Also refine series that have markers and a stack
+        (:func:`tiltflow.image_align.refine_with_markers`).
     """
 
     finest_size_px: int = 256

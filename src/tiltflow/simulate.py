@@ -393,7 +393,7 @@ def _translation_voxels(moving, fixed):
     return np.where(d > shape / 2, d - shape, d)
 
 
-def tomogram_fidelity(sim, line_integrals, views, thickness_px, render=RenderSpec(), binning=2):
+def tomogram_fidelity(sim, line_integrals, views, thickness_px, render=RenderSpec(), binning=2, tilt_deg=None):
     """How well a tomogram reconstructed with an alignment matches the specimen, against the true geometry.
 
     Both the tomogram with the true geometry (``sim.views``) and the one with
@@ -410,13 +410,16 @@ def tomogram_fidelity(sim, line_integrals, views, thickness_px, render=RenderSpe
     sim : SimulatedSeries
     line_integrals : ndarray, shape (n_views, height, width)
         ``-log(counts / dose)`` of the rendered views (positive density).
-    views : ndarray, shape (n_views, 5)
-        The alignment's view parameters (:data:`tiltflow.projection.VIEW_COLUMNS`).
+    views : ndarray, shape (n_views, 5) or (n_views, 6)
+        The alignment's view parameters (:data:`tiltflow.projection.VIEW_COLUMNS`),
+        or its IMOD transforms (a ``{series}.xf``, with ``tilt_deg``).
     thickness_px : float
         The specimen slab thickness it was rendered with; the tomogram is 1.5 times as thick.
     render : RenderSpec
         As the stack was rendered with.
     binning : int
+    tilt_deg : ndarray (n_views,), optional
+        The tilts (a ``{series}.tlt``) when ``views`` are transforms.
 
     Returns
     -------
@@ -434,7 +437,10 @@ def tomogram_fidelity(sim, line_integrals, views, thickness_px, render=RenderSpe
     truth = render_volume(centres, sigma, density, grid, shape)
     ideal, _ = reconstruct.reconstruct(line_integrals, projection.views_to_xf(sim.views),
                                        np.rad2deg(sim.views[:, 0]), opts)
-    given, _ = reconstruct.reconstruct(line_integrals, projection.views_to_xf(views), np.rad2deg(views[:, 0]), opts)
+    views = np.asarray(views, dtype=float)
+    xf, tilt = ((views, tilt_deg) if views.shape[1] == 6
+                else (projection.views_to_xf(views), np.rad2deg(views[:, 0])))
+    given, _ = reconstruct.reconstruct(line_integrals, xf, tilt, opts)
     dz, dy, dx = _translation_voxels(given, truth) * binning
     moved = render_volume(centres + np.array([dx, dy, dz]), sigma, density, grid, shape)
     r_ideal, r_given = _ncc(ideal, truth), _ncc(given, moved)

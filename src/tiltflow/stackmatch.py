@@ -141,31 +141,30 @@ def level_binnings(shape, options: StackMatchOptions):
     return kept
 
 
-def view_linear(axis_deg, scale, n_views):
-    """Per view the map from aligned ``(u, v)`` to raw offsets, ``scale R(axis)``: shape (n_views, 2, 2)."""
+def view_linear(axis_deg, n_views):
+    """Per view the map from aligned ``(u, v)`` to raw offsets for a tilt axis at ``axis_deg``
+    (a rotation): shape (n_views, 2, 2)."""
     a = np.deg2rad(np.broadcast_to(np.asarray(axis_deg, dtype=float), (n_views,)))
-    s = np.ones(n_views) if scale is None else np.asarray(scale, dtype=float)
-    c, t = np.cos(a) * s, np.sin(a) * s
+    c, t = np.cos(a), np.sin(a)
     return np.stack([np.stack([c, -t], -1), np.stack([t, c], -1)], -2)
 
 
-def aligned_views(views, shifts_px, axis_deg, binning, taper_fraction, view_ids=None, scale=None):
+def aligned_views(views, shifts_px, linear, binning, taper_fraction, view_ids=None):
     """Views moved back by their shifts, tilt axis vertical, binned, normalised and tapered.
 
     Parameters
     ----------
     views : sequence of ndarray (ny, nx)
     shifts_px : ndarray, shape (n_views, 2)
-    axis_deg : float, or ndarray (n_views,)
-        Tilt-axis angle, one for the series or one per view.
+    linear : ndarray, shape (n_views, 2, 2)
+        Per view, the raw offset of aligned ``(u, v)``: the raw point is
+        ``centre + shift + linear (u, v)`` (``R(axis)`` for a tilt axis at
+        ``axis``; ``scale R(rotation)`` in the projection model of
+        :mod:`tiltflow.projection`; ``A^-1`` of an IMOD ``.xf``).
     binning : int
     taper_fraction : float
     view_ids : sequence of int, optional
         The views' numbers in the series, for messages (default ``0, 1, ...``).
-    scale : ndarray (n_views,), optional
-        Magnification of each view (default 1): the raw point of aligned
-        ``(u, v)`` is ``centre + shift + scale R(axis) (u, v)``, the
-        projection model of :mod:`tiltflow.projection`.
 
     Returns
     -------
@@ -179,7 +178,6 @@ def aligned_views(views, shifts_px, axis_deg, binning, taper_fraction, view_ids=
     b = int(binning)
     nu, nv = nx // b, ny // b
     n = len(shifts_px)
-    linear = view_linear(axis_deg, scale, n)
     u = (np.arange(nu) - (nu - 1) / 2.0) * b
     v = (np.arange(nv) - (nv - 1) / 2.0) * b
     window = taper_window((nv, nu), taper_fraction)
@@ -246,7 +244,7 @@ def _along_shifts(bands, across_px, angle_rad, shape, options: MatchOptions):
 
 
 def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(), usable=None, name="series",
-                scale=None):
+                linear=None):
     """Refine the shifts of a tilt series from its images by projection matching, coarse to fine.
 
     Parameters
@@ -254,8 +252,8 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
     views : sequence of ndarray (ny, nx), or ndarray (n_views, ny, nx)
         Raw views, any contrast (bright-field or HAADF), any counts.
     tilt_deg : ndarray, shape (n_views,)
-    axis_deg : float, or ndarray (n_views,)
-        Tilt-axis angle (IMOD RotationAngle convention), one or per view.
+    axis_deg : float
+        Tilt-axis angle (IMOD RotationAngle convention).
     shifts_px : ndarray, shape (n_views, 2)
         Starting shifts (e.g. :func:`tiltflow.coarse.coarse_align`), raw pixels.
     options : StackMatchOptions
@@ -263,8 +261,10 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
         False for excluded views (not read; their shifts interpolated over tilt).
     name : str
         Series name for messages.
-    scale : ndarray (n_views,), optional
-        Magnification of each view (default 1; e.g. a marker solution's).
+    linear : ndarray (n_views, 2, 2), optional
+        Per view, the raw offset of aligned ``(u, v)`` (see :func:`aligned_views`),
+        e.g. a marker solution's ``scale R(rotation)``; default ``R(axis_deg)``.
+        Shifts are then refined in each view's aligned frame.
 
     Returns
     -------
@@ -292,14 +292,15 @@ def match_stack(views, tilt_deg, axis_deg, shifts_px, options=StackMatchOptions(
         binnings = level_binnings(shape, options)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
-    axis_used = np.broadcast_to(np.asarray(axis_deg, dtype=float), (n,))[idx]
-    scale_used = None if scale is None else np.asarray(scale, dtype=float)[idx]
-    linear = view_linear(axis_used, scale_used, len(idx))
+    linear = view_linear(axis_deg, n) if linear is None else np.asarray(linear, dtype=float)
+    if linear.shape != (n, 2, 2):
+        raise ValueError(f"{name}: linear must have shape ({n}, 2, 2), got {linear.shape}")
+    linear = linear[idx]
 
     def level_bands(shifts_used, b):
         """Bands ``(n_bands, n_views, n_u)`` at binning ``b``, and the rows in each band."""
         band_px = max(1, int(round(options.band_height_px / b)))
-        aligned = aligned_views(used, shifts_used, axis_used, b, options.taper_fraction, idx, scale_used)
+        aligned = aligned_views(used, shifts_used, linear, b, options.taper_fraction, idx)
         return _bands(aligned, band_px), band_px
 
     tilt = np.deg2rad(tilt_deg[idx])

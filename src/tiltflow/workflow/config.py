@@ -56,16 +56,23 @@ def coarse_params(config, has_stack):
     return params
 
 
-def write_params(config):
-    """Params of ``write_alignment``: what the full model frees (for the leave-out and standard errors)."""
+def write_params(config, has_stack=False):
+    """Params of ``write_alignment``: what the full model frees (for the leave-out and standard errors)
+    and, for a series with a stack, whether its images refine the marker solution
+    (``projection_matching.with_markers``; the whole section when they do)."""
     align = config.get("align") or {}
-    return {k: align.get(k) for k in ("rotation", "scale", "tilt")}
+    params = {k: align.get(k) for k in ("rotation", "scale", "tilt")}
+    if has_stack:
+        matching = dict(config.get("projection_matching") or {})
+        params["projection_matching"] = matching if matching.get("with_markers") else {"with_markers": False}
+    return params
 
 
 def images_params(config):
-    """Params of ``align_images``: the ``coarse`` and ``projection_matching`` sections."""
-    return {"coarse": dict(config.get("coarse") or {}),
-            "projection_matching": dict(config.get("projection_matching") or {})}
+    """Params of ``align_images``: the ``coarse`` and ``projection_matching`` sections (without
+    ``with_markers``, which concerns series with markers only)."""
+    matching = {k: v for k, v in (config.get("projection_matching") or {}).items() if k != "with_markers"}
+    return {"coarse": dict(config.get("coarse") or {}), "projection_matching": matching}
 
 
 def recon_params(config):

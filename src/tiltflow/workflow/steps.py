@@ -64,19 +64,24 @@ def align_stage(stage, prepared_path, state_path, params, out_state):
     save_state(out_state, run_stage(stage, prepared.series, state, align_options(params)))
 
 
-def write_alignment(prepared_path, state_path, params, series_name, out, coarse_path=None):
+def write_alignment(prepared_path, state_path, params, series_name, out, coarse_path=None, threads=1):
     """Rule ``write_alignment``: IMOD files, ``fiducials.tsv`` and ``summary.json``.
 
     Parameters
     ----------
     params : mapping
         What the full model frees (:func:`tiltflow.workflow.config.write_params`),
-        for the leave-out error and the standard errors.
+        for the leave-out error and the standard errors; with
+        ``projection_matching: {with_markers: true}`` and a stack, the
+        marker solution's shifts are refined from the images
+        (:func:`tiltflow.image_align.refine_with_markers`).
     out : mapping
         Paths for ``xf``, ``tlt``, ``xyz``, ``fiducials`` and ``summary``,
         and optionally ``views``, ``markers`` and ``large_residuals``.
     coarse_path : str, optional
         The coarse stage's state file, whose report goes into the summary.
+    threads : int
+        Threads of the image refinement.
     """
     from ..outputs import build_result
 
@@ -86,6 +91,15 @@ def write_alignment(prepared_path, state_path, params, series_name, out, coarse_
     t0 = time.perf_counter()
     result = build_result(prepared, state, align_options(params), series_name, coarse)
     log.info("outputs computed in %.3f s", time.perf_counter() - t0)
+    if (params.get("projection_matching") or {}).get("with_markers") and prepared.stack:
+        from ..image_align import refine_marker_result
+        from ..io.mrc import Stack
+        from ..stackmatch import stack_options
+        from .config import matching_options
+
+        with Stack(prepared.stack) as stack, _image_threads(threads):
+            result = refine_marker_result(prepared, result, stack, stack_options(matching_options(params)),
+                                          series_name)
     io.write_xf(out["xf"], result.xf)
     io.write_tlt(out["tlt"], result.tilt_deg)
     io.write_xyz(out["xyz"], result.points_xyz_px, result.contour_ids,
