@@ -223,8 +223,8 @@ class SeriesSpec:
         Marker file (IMOD model, ``model2point`` text or CSV).
     tilts : str
         ``.rawtlt``/``.tlt`` file.
-    tilt_axis_deg : float
-        IMOD ``RotationAngle``.
+    tilt_axis_deg : float or None
+        IMOD ``RotationAngle``; None when ``tilts`` is a ``.mdoc`` that gives it.
     stack : str or None
         MRC stack; gives the image size and the view count.
     width, height : int or None
@@ -242,7 +242,7 @@ class SeriesSpec:
     name: str
     markers: str
     tilts: str
-    tilt_axis_deg: float
+    tilt_axis_deg: float | None
     stack: str | None = None
     width: int | None = None
     height: int | None = None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, read_markers, read_tilts, read_xf
+from .io import InputError, is_mdoc, read_markers, read_mdoc, read_tilts, read_xf
 from .io.mrc import Stack
 from .model import (MIN_MARKERS_PER_VIEW, MIN_OBSERVATIONS_PER_MARKER, Observations, Prepared, Series,
                     SeriesSpec)
@@ -18,6 +19,44 @@ log = logging.getLogger(__name__)
 MIN_DISTINCT_TILTS = 3
 #: ... spanning at least this many degrees (else tilts and 3D positions are not determined).
 MIN_TILT_RANGE_DEG = 5.0
+#: A tilt-axis angle given both in the sheet and in the ``.mdoc`` may differ by at most this (degrees).
+MAX_AXIS_DISAGREEMENT_DEG = 1.0
+
+
+def read_tilt_list(spec: SeriesSpec):
+    """The nominal tilts of a row, and the row with its tilt-axis angle resolved.
+
+    ``tilts`` is a ``.rawtlt``/``.tlt`` or a SerialEM ``.mdoc``; the
+    ``.mdoc``'s ``Tilt axis angle`` stands in for an empty sheet cell, and
+    must agree with a given one within :data:`MAX_AXIS_DISAGREEMENT_DEG`.
+
+    Returns
+    -------
+    tilt_deg : ndarray (n_views,)
+    spec : SeriesSpec
+        With ``tilt_axis_deg`` set.
+    mdoc : MdocTilts or None
+    """
+    if not is_mdoc(spec.tilts):
+        if spec.tilt_axis_deg is None:
+            raise InputError(f"sheet row {spec.name}: tilt_axis_angle is empty; it is required unless tilts is a "
+                             f"SerialEM .mdoc whose title line gives it (tilts = {spec.tilts})")
+        return read_tilts(spec.tilts), spec, None
+    mdoc = read_mdoc(spec.tilts)
+    axis = spec.tilt_axis_deg
+    if mdoc.tilt_axis_deg is None and axis is None:
+        raise InputError(f"{spec.tilts}: no 'Tilt axis angle = ...' title line, and the sheet's tilt_axis_angle "
+                         f"(row {spec.name}) is empty; give one of them")
+    if axis is None:
+        axis = mdoc.tilt_axis_deg
+    elif mdoc.tilt_axis_deg is not None:
+        diff = (axis - mdoc.tilt_axis_deg + 180.0) % 360.0 - 180.0
+        if abs(diff) > MAX_AXIS_DISAGREEMENT_DEG:
+            raise InputError(
+                f"{spec.tilts}: title line says Tilt axis angle = {mdoc.tilt_axis_deg:g} but the sheet's "
+                f"tilt_axis_angle (row {spec.name}) is {axis:g}; they differ by {abs(diff):.2f} degrees "
+                f"(expected at most {MAX_AXIS_DISAGREEMENT_DEG:g}: leave the sheet's cell empty to use the mdoc's)")
+    return mdoc.tilt_deg, dataclasses.replace(spec, tilt_axis_deg=float(axis)), mdoc
 
 
 def image_size_from_stack(path):
@@ -41,7 +80,7 @@ def prepare(spec: SeriesSpec) -> Prepared:
     if missing:
         raise InputError(f"sheet row {spec.name}: file(s) not found: {'; '.join(missing)} "
                          f"(relative paths resolve against the working directory {Path.cwd()})")
-    tilts = read_tilts(spec.tilts)
+    tilts, spec, mdoc = read_tilt_list(spec)
     n_views = len(tilts)
     distinct = np.unique(np.round(tilts, 3))
     if len(distinct) < MIN_DISTINCT_TILTS or np.ptp(tilts) < MIN_TILT_RANGE_DEG:
@@ -77,6 +116,8 @@ def prepare(spec: SeriesSpec) -> Prepared:
         )
     if spec.pixel_size_angstrom:
         pixel = float(spec.pixel_size_angstrom)
+    elif mdoc is not None and mdoc.pixel_size_angstrom:
+        pixel = mdoc.pixel_size_angstrom  # the acquisition's record
     elif not (pixel and pixel > 0):
         pixel = table.pixel_size if table is not None and table.pixel_size and table.pixel_size > 0 else 1.0
     if width <= 0 or height <= 0:

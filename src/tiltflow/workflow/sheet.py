@@ -61,7 +61,9 @@ def read_sheet(path):
             raise InputError(f"{path}: line {i} ({name}): markers and stack are both empty; a series needs a "
                              "marker model, or a stack to be aligned from its images (markers empty)")
         for c in FLOAT_COLUMNS:
-            row[c] = _to_number(row[c], float, path, i, name, c, required=c == "tilt_axis_angle")
+            # the tilt-axis angle may come from a SerialEM .mdoc's title line instead
+            required = c == "tilt_axis_angle" and not row["tilts"].lower().endswith(".mdoc")
+            row[c] = _to_number(row[c], float, path, i, name, c, required=required)
         for c in INT_COLUMNS:
             row[c] = _to_number(row[c], int, path, i, name, c)
         if row["tilt_offset"] is None:
@@ -118,6 +120,11 @@ def _to_number(text, kind, path, line, name, column, required=False):
     return value
 
 
+def _empty(value):
+    """An empty cell: None, "" or NaN (pandas' empty number)."""
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
 def series_spec(row) -> SeriesSpec:
     """A :class:`SeriesSpec` from one normalised sheet row (a mapping)."""
     views = tuple(parse_views(str(row.get("exclude_views") or ""), f"sheet row {row['series']}"))
@@ -125,7 +132,7 @@ def series_spec(row) -> SeriesSpec:
         name=row["series"],
         markers=row.get("markers") or None,
         tilts=row["tilts"],
-        tilt_axis_deg=float(row["tilt_axis_angle"]),
+        tilt_axis_deg=None if _empty(row.get("tilt_axis_angle")) else float(row["tilt_axis_angle"]),
         stack=row.get("stack") or None,
         width=row.get("width"),
         height=row.get("height"),
