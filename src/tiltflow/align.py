@@ -403,11 +403,19 @@ def robust_weights(resid_xy_px, k=9.0, view_index=None, view_rank=None, window=R
         rank = np.asarray(view_rank)[view_index]
         order = np.argsort(rank, kind="stable")
         sorted_rank, sorted_len = rank[order], length[order]
-        for r in np.unique(rank):
-            lo, hi = np.searchsorted(sorted_rank, [r - window, r + window + 1])
-            local = np.median(sorted_len[lo:hi]) * to_sigma
-            sel = rank == r
-            sigma[sel] = np.maximum(sigma[sel], local)
+        # the median of every window at once: each window is a contiguous run of the rank-sorted
+        # lengths, padded with +inf to one width and sorted row-wise (as np.median, the mean of
+        # the two middle values for an even count)
+        ranks = np.unique(rank)
+        lo = np.searchsorted(sorted_rank, ranks - window)
+        hi = np.searchsorted(sorted_rank, ranks + window + 1)
+        count = hi - lo
+        idx = lo[:, None] + np.arange(count.max())[None, :]
+        runs = np.where(idx < hi[:, None], sorted_len[np.minimum(idx, len(sorted_len) - 1)], np.inf)
+        runs.sort(axis=1)
+        rows = np.arange(len(ranks))
+        local = (runs[rows, (count - 1) // 2] + runs[rows, count // 2]) / 2.0 * to_sigma
+        sigma = np.maximum(sigma, local[np.searchsorted(ranks, rank)])
     if not np.all(sigma > 0):
         return np.ones(len(length))
     z = length / (k * sigma)
