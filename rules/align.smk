@@ -136,6 +136,8 @@ rule write_alignment:
         views="results/{series}/views.tsv",
         markers="results/{series}/markers.tsv",
         large_residuals="results/{series}/large_residuals.tsv",
+        resid="results/{series}/{series}.resid",
+        solution="results/{series}/taSolution.log",
     params:
         options=write_alignment_params,
     threads: stack_resource("coarse", "threads")

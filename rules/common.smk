@@ -168,7 +168,8 @@ def plot_output(name):
 
 def all_outputs():
     common = ["{series}.xf", "{series}.tlt", "summary.json", "coarse.xf", "views.tsv"]
-    markers = ["{series}.xyz", "fiducials.tsv", "markers.tsv", "large_residuals.tsv", "plots/residual_vs_tilt.png"]
+    markers = ["{series}.xyz", "{series}.resid", "taSolution.log", "fiducials.tsv", "markers.tsv",
+               "large_residuals.tsv", "plots/residual_vs_tilt.png"]
     files = [f"results/{s}/{f.format(series=s)}" for s in SERIES for f in common]
     files += [f"results/{s}/{f.format(series=s)}" for s in MARKER_SERIES for f in markers]
     files += [f"results/{s}/plots/projection_matching.png" for s in IMAGE_SERIES]

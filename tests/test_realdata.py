@@ -85,3 +85,35 @@ def test_imod_files_are_the_solution(tmp_path):
     _, imod_xyz = io.read_xyz(realdata("imod-BB/BBafid.xyz"))
     d = (xyz - xyz.mean(0)) - (imod_xyz - imod_xyz.mean(0))
     assert np.sqrt(np.mean(d[:, :2] ** 2)) < 1.0
+
+
+def test_resid_and_solution_files_read_like_imods(tmp_path):
+    """{series}.resid has IMOD's layout, its points in IMOD's order (BBa.resid: same x, y, view to
+    print precision), residuals whose mean is summary.json's; taSolution.log has tiltalign's columns
+    and the views' solution; the ratio of measured values to unknowns is reported."""
+    row = {"series": "BBa", "markers": str(realdata("imod-BB/BBa.fid")), "tilts": str(realdata("imod-BB/BBa.rawtlt")),
+           "tilt_axis_angle": -12.5, "width": 512, "height": 512, "tilt_offset": -0.5,
+           "prexg": str(realdata("imod-BB/BBa.prexg")), "exclude_views": "", "stack": "", "pixel_size": None}
+    out = run_steps(tmp_path, row)
+    ours_text, imod_text = out["resid"].read_text().splitlines(), realdata("imod-BB/BBa.resid").read_text().splitlines()
+    assert ours_text[0] == imod_text[0] == "  1525 residuals"
+    ours, imod = np.loadtxt(ours_text[1:]), np.loadtxt(imod_text[1:])
+    assert [len(s) for s in ours_text[1:4]] == [len(s) for s in imod_text[1:4]]  # the same column widths
+    np.testing.assert_allclose(ours[:, :2], imod[:, :2], atol=0.011)
+    np.testing.assert_array_equal(ours[:, 2], imod[:, 2])
+    summary = json.loads(out["summary"].read_text())
+    assert np.hypot(ours[:, 3], ours[:, 4]).mean() == pytest.approx(summary["mean_residual"], abs=0.005)
+    # per observation, our residuals and IMOD's agree to a fraction of a pixel (different models)
+    assert np.sqrt(np.mean((ours[:, 3:] - imod[:, 3:]) ** 2)) < 0.2
+    lines = out["solution"].read_text().splitlines()
+    assert lines[0].startswith("At minimum tilt, rotation angle is ")
+    assert lines[2].split() == ["view", "rotation", "tilt", "deltilt", "mag", "dmag", "skew", "mean", "resid"]
+    table = np.loadtxt(lines[3:])
+    imod_lines = realdata("imod-BB/taSolutiona.log").read_text().splitlines()
+    imod_table = np.loadtxt([ln for ln in imod_lines if ln.strip() and ln.split()[0].isdigit()])
+    assert table.shape == imod_table.shape == (61, 8)
+    assert np.abs(table[:, 2] - imod_table[:, 2]).max() < 0.5  # solved tilts within half a degree
+    assert np.abs(table[:, 1] - imod_table[:, 1]).max() < 1.0  # rotations within a degree
+    ratio = summary["measured_to_unknowns"]
+    assert ratio["measured"] == 3050 and ratio["ratio"] == pytest.approx(3050 / ratio["unknowns"])
+    print(f"measured/unknowns: tiltflow {ratio['measured']}/{ratio['unknowns']} = {ratio['ratio']:.2f}, IMOD 3050/341 = 8.94")

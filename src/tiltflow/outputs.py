@@ -43,6 +43,9 @@ class SeriesResult:
         ``summary.json``.
     views_table, markers_table, large_residuals : Table
         ``views.tsv``, ``markers.tsv`` and ``large_residuals.tsv``.
+    observations : Table
+        One row per observation in input order: ``x y view resid_x resid_y``
+        (IMOD's ``.resid``).
     """
 
     views: np.ndarray
@@ -55,6 +58,7 @@ class SeriesResult:
     views_table: Table = None
     markers_table: Table = None
     large_residuals: Table = None
+    observations: Table = None
 
 
 def contour_ids(marker_ids):
@@ -134,6 +138,7 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
     used = weight > 0
     rms, mean = residual_summary(resid, used)
     strong, weak, empty = s.view_classes()
+    measured, unknowns = 2 * int(used.sum()), int(cov.layout.n_params)
     summary = {
         "series": series_name,
         "stages": [st.to_dict() for st in state.stages],
@@ -147,6 +152,10 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
         "n_views": int(s.n_views),
         "n_observations": int(len(s.obs.view_index)),
         "n_observations_used": int(used.sum()),
+        # IMOD's "ratio of total measured values to all unknowns": 2 coordinates per used point
+        # against the full model's free parameters (views and 3D points, gauge held)
+        "measured_to_unknowns": {"measured": measured, "unknowns": unknowns,
+                                 "ratio": measured / unknowns if unknowns else None},
         "n_views_aligned": int((~empty).sum()),
         "reference_view": int(state.reference_view),
         "tilt_axis_deg_mean": float(np.rad2deg(np.mean(views[~empty, ROT]))),
@@ -189,8 +198,10 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
         summary["surfaces"] = surf.to_dict()
     views_table, markers_table, large = _tables(prepared, weight, views, points, resid, loo, se, surf)
     summary["n_large_residuals"] = large.n_rows
+    observations = Table({"x": s.obs.xy_px[:, 0], "y": s.obs.xy_px[:, 1], "view": s.obs.view_index,
+                          "resid_x": resid[:, 0], "resid_y": resid[:, 1]})
     return SeriesResult(views, points, xf, tilt_deg, contour_ids(s.marker_ids), fid, summary,
-                        views_table, markers_table, large)
+                        views_table, markers_table, large, observations)
 
 
 #: IMOD's ResidualReportCriterion: residuals this many SD above the mean (of the used points) are listed,

@@ -18,6 +18,8 @@ _SUBMODULE = {
     "read_tilts": "imod_text",
     "read_xf": "imod_text",
     "read_xyz": "imod_text",
+    "write_resid": "imod_text",
+    "write_solution_table": "imod_text",
     "write_tlt": "imod_text",
     "write_xf": "imod_text",
     "write_xyz": "imod_text",

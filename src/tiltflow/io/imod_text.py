@@ -130,3 +130,37 @@ def read_xyz(path):
             ids.append(int(parts[5]))
             xyz.append([float(p) for p in parts[1:4]])
     return np.array(ids), np.array(xyz)
+
+
+def write_resid(path, x_px, y_px, view, resid_x_px, resid_y_px):
+    """Write IMOD tiltalign's residual file (``OutputResidualFile``, ``.resid``).
+
+    A count line (``"  1525 residuals"``), then one line per observation:
+    ``x y view dx dy`` -- the observed position (the marker file's frame),
+    its 0-based view, and the residual ``fit - observed`` in pixels.
+    """
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"{len(x_px):6d} residuals\n")
+        f.writelines(f"{x:10.2f}{y:10.2f}{int(v):5d}{dx:8.2f}{dy:8.2f}\n"
+                     for x, y, v, dx, dy in zip(x_px, y_px, view, resid_x_px, resid_y_px))
+
+
+def write_solution_table(path, rotation_deg, tilt_deg, deltilt_deg, mag, mean_residual_px, dmag=None, skew_deg=None):
+    """Write a per-view solution table like tiltalign's ``taSolution.log``.
+
+    ``At minimum tilt, rotation angle is ...``, then one line per view
+    (1-based): rotation, tilt, deltilt (solved - nominal), mag, dmag, skew
+    (0 without distortion) and the view's mean residual (px; blank where the
+    view has no observations), in tiltalign's column widths.
+    """
+    n = len(tilt_deg)
+    dmag = np.zeros(n) if dmag is None else np.asarray(dmag)
+    skew_deg = np.zeros(n) if skew_deg is None else np.asarray(skew_deg)
+    lowest = int(np.argmin(np.abs(tilt_deg)))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"At minimum tilt, rotation angle is {rotation_deg[lowest]:.2f}\n \n")
+        f.write(" view   rotation    tilt    deltilt     mag      dmag      skew    mean resid\n")
+        for j in range(n):
+            resid = f"{mean_residual_px[j]:10.2f}" if np.isfinite(mean_residual_px[j]) else ""
+            f.write(f"{j + 1:4d}{rotation_deg[j]:10.1f}{tilt_deg[j]:10.1f}{deltilt_deg[j]:10.2f}{mag[j]:10.4f}"
+                    f"{dmag[j]:10.4f}{skew_deg[j]:10.2f}{resid}\n")

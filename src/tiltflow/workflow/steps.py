@@ -109,6 +109,13 @@ def write_alignment(prepared_path, state_path, params, series_name, out, coarse_
                        ("large_residuals", result.large_residuals)):
         if key in out:
             write_table(out[key], table)
+    if "resid" in out:
+        o = result.observations
+        io.write_resid(out["resid"], o["x"], o["y"], o["view"], o["resid_x"], o["resid_y"])
+    if "solution" in out:
+        v = result.views_table
+        io.write_solution_table(out["solution"], v["rotation"], v["tilt"], v["tilt"] - v["tilt_nominal"], v["scale"],
+                                v["mean_residual"])
     write_json(out["summary"], result.summary)
 
 
