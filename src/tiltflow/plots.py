@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 #: Figure margins in inches (left, right, bottom, top).  Fixed margins instead of
 #: ``tight_layout``, which draws every figure once more to measure it (a third of
 #: the plotting job's time).
-MARGINS_IN = (0.85, 0.2, 0.6, 0.35)
+MARGINS_IN = (0.85, 0.2, 0.6, 0.6)
 #: Fast PNG compression (zlib level 1): ~10 % of the plotting time for files ~15 % larger.
 PNG_OPTIONS = {"compress_level": 1}
 
@@ -37,8 +37,18 @@ PLOTS = {
                     "with each marker's x cos(tilt) term and mean removed so that its z sin(tilt) arc and the "
                     "residuals show (points observed, lines model), as in Jou et al. Fig. 6-7.",
     "tilt_change": "Solved minus nominal tilt angle per view, with its standard error.",
-    "rotation_scale": "In-plane rotation (tilt-axis angle) and magnification per view.",
-    "markers_xz": "3D marker positions seen along the tilt axis (x against z); colour: surface.",
+    "rotation_scale": "In-plane rotation (tilt-axis angle) and magnification against tilt.",
+    "markers_xz": "3D marker positions seen along the tilt axis (x against z); colour: surface; lines: the "
+                  "fitted surfaces at the markers' mean y, with the thickness between them.",
+}
+#: The heading of each plot, after the series name.
+TITLES = {
+    "residual_vs_tilt": "residual against tilt",
+    "residual_vectors": "residual vectors",
+    "trajectories": "marker trajectories (aligned frame)",
+    "tilt_change": "tilt change",
+    "rotation_scale": "rotation and scale against tilt",
+    "markers_xz": "markers seen along the tilt axis",
 }
 
 
@@ -65,11 +75,10 @@ def residual_vectors(fid, views, magnify=40.0):
     q = ax.quiver(obs["x"], obs["y"], obs["resid_x"] * magnify, obs["resid_y"] * magnify, obs["tilt"],
                   angles="xy", scale_units="xy", scale=1, width=0.002, cmap="viridis")
     fig.colorbar(q, ax=ax, label="tilt (deg)")
-    ax.set_aspect("equal")
-    ax.invert_yaxis()
+    ax.set_aspect("equal")  # y up, as 3dmod shows the images
     ax.set_xlabel("x (px)")
-    ax.set_ylabel("y (px)")
-    ax.set_title(f"residual vectors x{magnify:g}")
+    ax.set_ylabel("y (px, up as in 3dmod)")
+    ax.set_title(f"fit - observed, magnified {magnify:g}x", fontsize=9)
     return fig
 
 
@@ -85,7 +94,10 @@ def trajectories(fid, views, centre_xy=(0.0, 0.0), max_markers=30):
     fig, ax = _figure((7, 5))
     row_of_view = dict(zip(views["view"].astype(int).tolist(), range(views.n_rows)))
     _, first = np.unique(fid["marker"], return_index=True)
-    for k, marker in enumerate(fid["marker"][np.sort(first)][:max_markers]):  # file order
+    names = fid["marker"][np.sort(first)]  # file order
+    if len(names) > max_markers:
+        ax.set_title(f"the first {max_markers} of {len(names)} markers", fontsize=9)
+    for k, marker in enumerate(names[:max_markers]):
         g = fid.rows(fid["marker"] == marker)
         rows = views.rows([row_of_view[v] for v in g["view"].astype(int).tolist()])
         fit = aligned_across(g["x_fit"], g["y_fit"], rows, centre_xy)
@@ -96,6 +108,12 @@ def trajectories(fid, views, centre_xy=(0.0, 0.0), max_markers=30):
         coef, *_ = np.linalg.lstsq(basis, fit, rcond=None)
         ax.plot(g["tilt"], fit - basis @ coef, lw=0.8, color=f"C{k % 10}")
         ax.scatter(g["tilt"], obs - basis @ coef, s=3, color=f"C{k % 10}")
+        # colours repeat every ten markers: each line carries its marker's name at its last view
+        end = int(np.argmax(g["tilt"]))
+        ax.annotate(str(marker), (g["tilt"][end], (fit - basis @ coef)[end]), fontsize=6, color=f"C{k % 10}",
+                    xytext=(2, 0), textcoords="offset points", va="center")
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(lo, hi + 0.06 * (hi - lo))  # room for the names
     ax.set_xlabel("tilt (deg)")
     ax.set_ylabel("across the axis, aligned frame (px)")
     return fig
@@ -113,41 +131,55 @@ def tilt_change(fid, views):
 
 def rotation_scale(fid, views):
     fig, (a1, a2) = _figure((7, 5), 2, 1, sharex=True)
-    a1.errorbar(views["view"], views["rotation"], yerr=views["se_rotation"], fmt="o", ms=3, lw=0.8)
+    a1.errorbar(views["tilt"], views["rotation"], yerr=views["se_rotation"], fmt="o", ms=3, lw=0.8)
     a1.set_ylabel("rotation (deg)")
-    a2.errorbar(views["view"], views["scale"], yerr=views["se_scale"], fmt="o", ms=3, lw=0.8)
+    a2.errorbar(views["tilt"], views["scale"], yerr=views["se_scale"], fmt="o", ms=3, lw=0.8)
     a2.set_ylabel("scale")
-    a2.set_xlabel("view")
+    a2.set_xlabel("tilt (deg)")
     return fig
 
 
-def markers_xz(fid, views, markers):
+def markers_xz(fid, views, markers, surfaces=None, centre_xy=(0.0, 0.0)):
+    """Markers' x against z, coloured by surface; with ``surfaces`` (``summary.json`` ->
+    ``surfaces``) the fitted planes at the markers' mean y and the thickness between them."""
     fig, ax = _figure((7, 3.5))
     surface = markers["surface"].astype(str) if "surface" in markers else np.full(markers.n_rows, "")
     colours = [{"top": "C1", "bottom": "C0"}.get(s, "C2") for s in surface.tolist()]
     ax.scatter(markers["x"], markers["z"], c=colours, s=14)
     for name, x, z in zip(markers["marker"].tolist(), markers["x"].tolist(), markers["z"].tolist()):
         ax.annotate(str(name), (x, z), fontsize=6)
+    if surfaces:
+        x = np.array([markers["x"].min(), markers["x"].max()])
+        y_mean = float(np.mean(markers["y"])) - centre_xy[1]
+        for k, intercept in enumerate(surfaces["intercepts_px"]):
+            z = intercept + surfaces["slope_x"] * (x - centre_xy[0]) + surfaces["slope_y"] * y_mean
+            colour = ("C0", "C1")[k] if surfaces["n_surfaces"] == 2 else "C2"
+            ax.plot(x, z, color=colour, lw=0.8)
+        if np.isfinite(surfaces.get("thickness_px") or np.nan):
+            ax.set_title(f"thickness {surfaces['thickness_px']:.1f} px between the fitted surfaces; "
+                         f"tilt offset to flatten {surfaces['tilt_offset_deg']:+.2f} deg", fontsize=9)
     ax.set_xlabel("x (px)")
     ax.set_ylabel("z (px)")
     return fig
 
 
-def save_all(fid, views, markers, paths, centre_xy=(0.0, 0.0)):
-    """Write every plot of :data:`PLOTS` whose name is a key of ``paths``.
+def save_all(fid, views, markers, paths, centre_xy=(0.0, 0.0), series="", surfaces=None):
+    """Write every plot of :data:`PLOTS` whose name is a key of ``paths``, each headed by ``series``.
 
-    ``centre_xy`` is the image centre ``(nx/2, ny/2)`` (for the aligned frame).
+    ``centre_xy`` is the image centre ``(nx/2, ny/2)`` (for the aligned frame);
+    ``surfaces`` the surface fit of ``summary.json`` (drawn in ``markers_xz``).
     """
     for name, path in paths.items():
         if name not in PLOTS:
             raise ValueError(f"unknown plot {name!r}; expected one of {', '.join(PLOTS)}")
         fn = globals()[name]
         if name == "markers_xz":
-            fig = fn(fid, views, markers)
+            fig = fn(fid, views, markers, surfaces, centre_xy)
         elif name == "trajectories":
             fig = fn(fid, views, centre_xy)
         else:
             fig = fn(fid, views)
+        fig.suptitle(f"{series}: {TITLES[name]}" if series else TITLES[name], fontsize=11)
         save_figure(fig, path)
 
 

@@ -126,8 +126,10 @@ def plot_alignment(fiducials_path, views_path, markers_path, summary_path, out):
     fid = read_table(fiducials_path, text_columns=("marker",))
     views = read_table(views_path)
     markers = read_table(markers_path, text_columns=("marker", "surface"))
-    width, height = read_json(summary_path)["image_size"]
-    plots.save_all(fid, views, markers, out, (width / 2.0, height / 2.0))
+    summary = read_json(summary_path)
+    width, height = summary["image_size"]
+    plots.save_all(fid, views, markers, out, (width / 2.0, height / 2.0), summary.get("series", ""),
+                   summary.get("surfaces"))
 
 
 def plot_summary(summary_tsv, out_png):
