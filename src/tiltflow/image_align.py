@@ -266,7 +266,7 @@ def refine_with_markers(views, xf, tilt_deg, usable, se_px, solved, options=Stac
     proposed[:, 0] -= basis @ coef
     proposed[:, 1] -= proposed[fit, 1].mean()
     length = np.hypot(proposed[:, 0], proposed[:, 1])
-    sigma = max(0.02, float(np.median(length[fit])) / 1.1774)
+    sigma = max(0.02, float(np.median(length[fit])) / np.sqrt(2.0 * np.log(2.0)))  # median of a 2D Gaussian length
     se = np.nan_to_num(np.asarray(se_px, dtype=float), nan=0.0, posinf=0.0)
     threshold = ACCEPT_SIGMAS * np.sqrt(sigma**2 + se**2)
     better = np.nan_to_num(match.ncc_after, nan=-1.0) > np.nan_to_num(match.ncc_before, nan=1.0)
@@ -314,16 +314,13 @@ def with_image_refinement(result, refinement: MarkerRefinement, prepared: Prepar
     threshold, NCC before/after, ``image_correction``) and ``summary.json`` ->
     ``projection_matching`` (with the marker residuals the corrections cost)."""
     from .align import residual_summary
-    from .outputs import grid_prediction
 
-    s = prepared.series
+    o = prepared.series.obs
     views = result.views.copy()
     lin = projection.rotation_matrix(views[:, ROT]) * views[:, SCALE][:, None, None]
     views[:, [DX, DY]] += np.einsum("nij,nj->ni", lin, refinement.applied_px)
-    resid = (grid_prediction(s, views, result.points_xyz_px)[s.obs.marker_index * s.n_views + s.obs.view_index]
-             - s.obs.xy_px)
-    used = np.isfinite(result.fiducials["weight"][s.obs.marker_index * s.n_views + s.obs.view_index])
-    used &= result.fiducials["weight"][s.obs.marker_index * s.n_views + s.obs.view_index] > 0
+    resid = projection.project(result.points_xyz_px, views, o.marker_index, o.view_index, o.centre_xy_px) - o.xy_px
+    used = result.fiducials["weight"][o.marker_index * prepared.series.n_views + o.view_index] > 0
     rms, mean = residual_summary(resid, used)
     table = dict(result.views_table)
     table.update({
