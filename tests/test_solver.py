@@ -75,7 +75,7 @@ def test_termination_reports_like_scipy(small_sim):
     sol = solve_bundle(series.obs, state.views, state.points_xyz_px, layout)
     assert sol.report.success and sol.report.status in (1, 2, 3, 4)
     assert sol.report.iterations <= 2
-    perturbed = state.views + [0.0, 0.01, 0.0, 5.0, 0.0]
+    perturbed = state.views + [0.0, 0.01, 0.0, 5.0, 0.0, 0.0, 0.0]
     short = solve_bundle(series.obs, perturbed, state.points_xyz_px, layout, LMOptions(max_iterations=1))
     assert short.report.status == 0 and "maximum number of iterations" in short.report.message
 

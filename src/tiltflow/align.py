@@ -29,7 +29,7 @@ import numpy as np
 from . import projection
 from .model import MIN_MARKERS_PER_VIEW, MIN_OBSERVATIONS_PER_MARKER, AlignmentState, StageReport
 from .options import AlignOptions, CoarseOptions
-from .projection import DX, DY, ROT, SCALE, TILT
+from .projection import DMAG, DX, DY, N_VIEW, ROT, SCALE, SKEW, TILT
 from .solver import Layout, solve_bundle, warm_up
 from .stages import STAGES, get_stage
 from .tiltorder import interpolate_over_tilt, walk_outward
@@ -108,7 +108,7 @@ def coarse_shifts_from_markers(series, reference_view):
     return interpolate_over_tilt(shifts, series.nominal_tilt_deg, usable)
 
 
-def interpolate_views(views, nominal_tilt_deg, source, columns=(TILT, ROT, SCALE, DX, DY)):
+def interpolate_views(views, nominal_tilt_deg, source, columns=(TILT, ROT, SCALE, DX, DY, DMAG, SKEW)):
     """Fill the views not in ``source`` by linear interpolation over nominal tilt.
 
     Tilts are interpolated as deviations from nominal.  Returns a copy.
@@ -145,16 +145,16 @@ def initial_state(series, options, shifts_px=None):
         shifts_px = coarse_shifts_from_markers(series, ref)
     shifts_px = np.asarray(shifts_px, dtype=float) - shifts_px[ref]
     n_v = series.n_views
-    views = np.zeros((n_v, 5))
+    views = np.zeros((n_v, N_VIEW))
     views[:, TILT] = np.deg2rad(series.nominal_tilt_deg)
     views[:, ROT] = np.deg2rad(series.tilt_axis_deg)
     views[:, SCALE] = 1.0
-    views[:, DX:] = shifts_px
+    views[:, [DX, DY]] = shifts_px
     obs = series.obs
     c = np.asarray(series.centre_xy_px)
     # de-rotate every observation into (u, v)
     rinv = projection.rotation_matrix(-views[obs.view_index, ROT])
-    uv = np.einsum("nij,nj->ni", rinv, obs.xy_px - c - views[obs.view_index, DX:])
+    uv = np.einsum("nij,nj->ni", rinv, obs.xy_px - c - views[obs.view_index][:, [DX, DY]])
     tilt = views[obs.view_index, TILT]
     # per marker: the observation with the smallest |tilt - tilt_ref| wins
     key = np.abs(tilt - views[ref, TILT])
@@ -263,7 +263,111 @@ def weighted_observations_per_marker(series, weight):
     return np.bincount(series.obs.marker_index, (weight > 0).astype(float), minlength=series.obs.n_markers)
 
 
-def stage_layout(stage, series, state, options, fit_weight=None):
+def group_weights(n_members, anchor, size):
+    """IMOD-style automapping of a grouped parameter over ``n_members`` views in tilt order.
+
+    Group centres sit every ``size`` members starting from ``anchor`` (so
+    that the anchor -- the reference view -- is a centre), plus the first
+    and last member when they lie at least ``size / 2`` beyond the
+    outermost centre; a member's value is linearly interpolated between
+    the two centres around it (held at the outermost centre's value
+    beyond it).
+
+    Parameters
+    ----------
+    n_members : int
+    anchor : int
+        Position (0-based, in tilt order) of the member that must be a centre.
+    size : int
+        Members per group.
+
+    Returns
+    -------
+    weights : ndarray, shape (n_members, n_centres)
+    centres : ndarray of int, shape (n_centres,)
+        Positions of the centres.
+    """
+    centres = list(range(anchor % size, n_members, size))
+    if centres[0] >= size / 2:
+        centres.insert(0, 0)
+    if n_members - 1 - centres[-1] >= size / 2:
+        centres.append(n_members - 1)
+    centres = np.asarray(centres)
+    pos = np.arange(n_members)
+    weights = np.zeros((n_members, len(centres)))
+    k = np.clip(np.searchsorted(centres, pos, side="right") - 1, 0, max(len(centres) - 2, 0))
+    if len(centres) == 1:
+        weights[:, 0] = 1.0
+        return weights, centres
+    a, b = centres[k], centres[k + 1]
+    f = np.clip((pos - a) / (b - a), 0.0, 1.0)
+    weights[pos, k] = 1.0 - f
+    weights[pos, k + 1] += f
+    return weights, centres
+
+
+#: How each grouped column reads its group size and which views follow it.
+_GROUP_SIZE = {ROT: "rotation_group", TILT: "tilt_group", SCALE: "scale_group", DMAG: "stretch_group",
+               SKEW: "skew_group"}
+
+
+def stage_groups(stage, series, state, options, distortion=None):
+    """The grouped columns of a stage: ``column -> (weights (n_views, n_centres), free (n_centres,), centre_views)``.
+
+    ``weights`` rows of views that do not follow the groups are 0; the
+    centre at the reference view is held where the gauge holds that
+    view's value (scale; tilt with free positions; stretch and skew).
+    ``distortion`` overrides ``options.distortion``.
+    """
+    stage = get_stage(stage) if isinstance(stage, str) else stage
+    distortion = options.distortion if distortion is None else distortion
+    strong, _, _ = series.view_classes()
+    ref = state.reference_view
+    columns = {}
+    if options.rotation == "grouped":
+        columns[ROT] = (strong | (series.markers_per_view() == 2), False)
+    if stage.scale and options.scale == "grouped":
+        columns[SCALE] = (strong, True)
+    if stage.tilt and options.tilt == "grouped":
+        columns[TILT] = (strong, stage.points)
+    if stage.distortion and distortion == "grouped":
+        columns[DMAG] = (strong, True)
+        columns[SKEW] = (strong, True)
+    order = np.argsort(series.nominal_tilt_deg, kind="stable")
+    groups = {}
+    for col, (members, hold_ref) in columns.items():
+        members = members.copy()
+        members[ref] = True
+        ordered = order[members[order]]  # member views in tilt order
+        anchor = int(np.flatnonzero(ordered == ref)[0])
+        w, centres = group_weights(len(ordered), anchor, getattr(options, _GROUP_SIZE[col]))
+        weights = np.zeros((series.n_views, len(centres)))
+        weights[ordered] = w
+        free = np.ones(len(centres), dtype=bool)
+        if hold_ref:
+            free[np.flatnonzero(centres == anchor)] = False
+        groups[col] = (weights, free, ordered[centres])
+    return groups
+
+
+def regularise_groups(views, groups, nominal_tilt_deg):
+    """Views whose grouped parameters follow their groups exactly (a copy).
+
+    Each grouped column takes, at every view that follows the groups, the
+    interpolation of its values at the group centres (tilts: of their
+    change from nominal), so that the solve moves a true grouped model.
+    """
+    views = views.copy()
+    nominal = np.deg2rad(nominal_tilt_deg)
+    for col, (weights, _, centre_views) in groups.items():
+        rows = np.flatnonzero(weights.any(axis=1))
+        offset = nominal if col == TILT else np.zeros(len(views))
+        values = views[centre_views, col] - offset[centre_views]
+        views[rows, col] = weights[rows] @ values + offset[rows]
+    return views
+
+
+def stage_layout(stage, series, state, options, fit_weight=None, distortion=None):
     """The free parameters of a stage, from its declaration (gauge: :mod:`tiltflow.stages`).
 
     Parameters
@@ -276,22 +380,25 @@ def stage_layout(stage, series, state, options, fit_weight=None):
     fit_weight : ndarray, shape (n_obs,), optional
         Weights in the fit: markers none of whose observations keep a
         weight (:func:`rejected_markers`) have their positions held.
+    distortion : str, optional
+        Overrides ``options.distortion`` (the mode a stage fell back to).
 
     Returns
     -------
     Layout
     """
     stage = get_stage(stage) if isinstance(stage, str) else stage
+    distortion = options.distortion if distortion is None else distortion
     strong, weak, empty = series.view_classes()
     has_obs = ~empty
     ref = state.reference_view
     n_v, n_m = series.n_views, series.obs.n_markers
-    view_free = np.zeros((n_v, 5), dtype=bool)
+    view_free = np.zeros((n_v, N_VIEW), dtype=bool)
     view_free[has_obs, DX] = True
     view_free[has_obs, DY] = True
     point_free = np.zeros((n_m, 3), dtype=bool)
     shared = []
-    if options.rotation == "per_view":
+    if options.rotation in ("per_view", "grouped"):
         # two markers (4 coordinates) also determine a rotation besides the shifts
         view_free[strong | (series.markers_per_view() == 2), ROT] = True
     elif options.rotation == "single":
@@ -305,14 +412,25 @@ def stage_layout(stage, series, state, options, fit_weight=None):
         point_free[_gauge_marker(series, fit_weight), :] = False
         if fit_weight is not None:
             point_free[rejected_markers(series, fit_weight)] = False
-    if stage.scale and options.scale == "per_view":
+    if stage.scale and options.scale in ("per_view", "grouped"):
         view_free[strong, SCALE] = True
         view_free[ref, SCALE] = False  # the reference view keeps scale 1 throughout
-    if stage.tilt and options.tilt == "per_view":
+    if stage.tilt and options.tilt in ("per_view", "grouped"):
         view_free[strong, TILT] = True
         if stage.points:  # tilts and positions free: one view's tilt fixes the rotation about the axis
             view_free[ref, TILT] = False
-    return Layout.from_masks(view_free, point_free, shared)
+    if stage.distortion and distortion != "off":
+        view_free[strong, DMAG] = view_free[strong, SKEW] = True
+        view_free[ref, DMAG] = view_free[ref, SKEW] = False  # a common stretch or shear is the specimen's
+    groups = stage_groups(stage, series, state, options, distortion)
+    for col, (weights, *_) in groups.items():
+        view_free[:, col] &= weights.any(axis=1)
+    return Layout.from_masks(view_free, point_free, shared, groups)
+
+
+def measured_to_unknowns(layout, fit_weight):
+    """IMOD's ratio of measured values (two per weighted observation) to unknowns."""
+    return 2.0 * float(np.count_nonzero(fit_weight > 0)) / max(layout.n_params, 1)
 
 
 def tie_weak_views(series, views):
@@ -320,7 +438,7 @@ def tie_weak_views(series, views):
     rotation of views with fewer than 2 markers, and the shifts of empty
     views.  Returns a copy."""
     strong, weak, empty = series.view_classes()
-    views = interpolate_views(views, series.nominal_tilt_deg, strong, (TILT, SCALE))
+    views = interpolate_views(projection.full_views(views), series.nominal_tilt_deg, strong, (TILT, SCALE, DMAG, SKEW))
     views = interpolate_views(views, series.nominal_tilt_deg, series.markers_per_view() >= 2, (ROT,))
     return interpolate_views(views, series.nominal_tilt_deg, ~empty, (DX, DY))
 
@@ -337,11 +455,12 @@ def recentre(series, views, points):
 def translate(views, points, t_xyz_px):
     """Re-express the solution with the 3D origin moved to ``t_xyz_px``."""
     t = np.asarray(t_xyz_px, dtype=float)
-    views = views.copy()
-    u = t[0] * np.cos(views[:, TILT]) + t[2] * np.sin(views[:, TILT])
-    r = projection.rotation_matrix(views[:, ROT])
-    d = views[:, SCALE][:, None] * np.einsum("nij,nj->ni", r, np.column_stack([u, np.full_like(u, t[1])]))
-    views[:, DX:] += d
+    views = projection.full_views(views).copy()
+    n = len(views)
+    linear = views.copy()
+    linear[:, [DX, DY]] = 0.0
+    d = projection.project(t[None, :], linear, np.zeros(n, dtype=int), np.arange(n), (0.0, 0.0))
+    views[:, [DX, DY]] += d
     return views, points - t
 
 
@@ -354,11 +473,12 @@ def output_frame(series, views, points):
     Returns ``(views, points)``.
     """
     _, _, empty = series.view_classes()
-    use = ~empty
-    # d_j(t) = d_j + s_j R_j (t_x cos th_j, t_y): linear in (t_x, t_y)
-    r = projection.rotation_matrix(views[use, ROT]) * views[use, SCALE][:, None, None]
-    a = np.stack([r[:, :, 0] * np.cos(views[use, TILT])[:, None], r[:, :, 1]], axis=2).reshape(-1, 2)
-    b = -views[use][:, DX:].reshape(-1)
+    use = np.flatnonzero(~empty)
+    views = projection.full_views(views)
+    # d_j(t) = d_j + P_j t with P_j the linear part of view j's projection: linear in (t_x, t_y)
+    _, _, jp = projection.project_with_jacobian(np.zeros((1, 3)), views, np.zeros(len(use), dtype=int), use, (0.0, 0.0))
+    a = jp[:, :, :2].reshape(-1, 2)
+    b = -views[use][:, [DX, DY]].reshape(-1)
     t, *_ = np.linalg.lstsq(a, b, rcond=None)
     return translate(views, points, [t[0], t[1], 0.0])
 
@@ -434,8 +554,8 @@ def _retie_weak_views(series, views, points, weight, layout, options):
     _, weak, _ = series.view_classes()
     if not weak.any():
         return views
-    view_free = (layout.view_map >= 0) & weak[:, None]
-    view_free[:, [TILT, SCALE]] = False
+    view_free = layout.view_free & weak[:, None]
+    view_free[:, [TILT, SCALE, DMAG, SKEW]] = False
     if options.rotation != "per_view":
         view_free[:, ROT] = False
     if not view_free.any():
@@ -443,6 +563,24 @@ def _retie_weak_views(series, views, points, weight, layout, options):
     sub = Layout.from_masks(view_free, np.zeros((series.obs.n_markers, 3), dtype=bool))
     sol = solve_bundle(series.obs.with_weight(weight), views, points, sub, options.lm)
     return sol.views
+
+
+def stage_distortion(stage, series, state, options, fit_weight):
+    """The distortion mode a stage solves: ``options.distortion``, or ``"off"`` when the stage does
+    not free distortion or when the measured values per unknown would fall below
+    ``options.distortion_min_ratio`` with it (logged as a warning, with the ratio)."""
+    stage = get_stage(stage) if isinstance(stage, str) else stage
+    if not stage.distortion or options.distortion == "off":
+        return "off"
+    ratio = measured_to_unknowns(stage_layout(stage, series, state, options, fit_weight), fit_weight)
+    if ratio < options.distortion_min_ratio:
+        log.warning("stage %s: distortion (%s) NOT solved: %d measured values for %s unknowns with it is a "
+                    "ratio of %.2f, below align.distortion_min_ratio %.2f (too few markers); solving without it",
+                    stage.name, options.distortion, 2 * int(np.count_nonzero(fit_weight > 0)),
+                    stage_layout(stage, series, state, options, fit_weight).n_params, ratio,
+                    options.distortion_min_ratio)
+        return "off"
+    return options.distortion
 
 
 def run_stage(stage, series, state, options):
@@ -471,17 +609,22 @@ def run_stage(stage, series, state, options):
         views[:, TILT] = np.deg2rad(series.nominal_tilt_deg)
         if options.rotation == "single":
             views[:, ROT] = np.mean(views[:, ROT])
+        views[:, [DMAG, SKEW]] = 0.0
     points = state.points_xyz_px
     robust = options.robust and stage.robust
     # a stage that is not robust fits with the input weights alone and passes the factors on
     factor = state.robust_weight if robust else np.ones(len(series.obs.view_index))
+    distortion = stage_distortion(stage, series, state, options, series.obs.weight * factor)
+    if stage.distortion and distortion == "off":
+        views[:, [DMAG, SKEW]] = 0.0
+    views = regularise_groups(views, stage_groups(stage, series, state, options, distortion), series.nominal_tilt_deg)
     rank = np.empty(series.n_views, dtype=int)
     rank[np.argsort(series.nominal_tilt_deg, kind="stable")] = np.arange(series.n_views)
     robust_rounds = 0
     iterations = 0
     while True:
         obs = series.obs.with_weight(series.obs.weight * factor)
-        layout = stage_layout(stage, series, state, options, obs.weight)
+        layout = stage_layout(stage, series, state, options, obs.weight, distortion)
         sol = solve_bundle(obs, views, points, layout, options.lm)
         views, points = sol.views, sol.points_xyz_px
         iterations += sol.report.iterations
@@ -507,6 +650,8 @@ def run_stage(stage, series, state, options):
         name=stage.name, rms=rms, mean_residual=mean, iterations=iterations, seconds=seconds,
         status=sol.report.status, message=sol.report.message, n_params=sol.n_params,
         eliminated=sol.eliminated, robust_rounds=robust_rounds,
+        distortion=distortion if stage.distortion else "off",
+        measured_to_unknowns=measured_to_unknowns(layout, fit_weight),
     )
     log.info("stage %s: rms %.4f px, mean residual %.4f px, %d iterations, %.4f s (%s)",
              stage.name, rms, mean, iterations, seconds, sol.report.message)

@@ -19,7 +19,7 @@ import numpy as np
 from . import projection
 from .align import stage_layout
 from .solver import BundleProblem, Layout, Observations
-from .stages import FULL_MODEL
+from .stages import FULL_MODEL, get_stage
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ def covariance(series, state, options):
         Which parameters the model has.
     """
     obs = series.obs.with_weight(state.fit_weight(series.obs))
-    layout = stage_layout(FULL_MODEL, series, state, options, obs.weight)
+    last = state.stages[-1] if state.stages else None
+    distortion = last.distortion if last is not None and get_stage(last.name).distortion else "off"
+    layout = stage_layout(FULL_MODEL, series, state, options, obs.weight, distortion)
     cost, ne = BundleProblem(obs, layout, "auto").linearize((state.views, state.points_xyz_px))
     hee_inv, w, s_inv = _covariance_blocks(ne)
     return Covariance(obs, layout, cost, ne, hee_inv, w, s_inv)
@@ -148,23 +150,12 @@ def leave_out(series, state, options, cov=None):
     m = st.n_kept
     pred, jv, jp = projection.project_with_jacobian(points, views, obs.marker_index, obs.view_index, obs.centre_xy_px)
     sw = np.sqrt(obs.weight)[:, None, None]
-    jac = np.concatenate([jv, jp], axis=2) * sw  # (n_obs, 2, 8)
     r = (pred - obs.xy_px) * sw[:, :, 0]
 
     hee_inv, w, s_inv = cov.hee_inv, cov.w, cov.s_inv
 
-    if st.eliminate == "points":
-        g = obs.marker_index
-        je = jac[:, :, 5:8] * st.e_free[g][:, None, :]
-        kpos = st.kpos_view[obs.view_index]
-        jk = jac[:, :, 0:5]
-    else:
-        g = obs.view_index
-        je = jac[:, :, 0:5] * st.e_free[g][:, None, :]
-        kpos = np.concatenate([st.kpos_view[obs.view_index], st.kpos_point[obs.marker_index]], axis=1)
-        jk = np.concatenate([jac[:, :, 0:5], jac[:, :, 5:8]], axis=2)
-        # view columns that are eliminated are not kept
-    valid = kpos >= 0
+    g, je, jk, kpos = st.blocks(jv * sw, jp * sw)
+    valid = kpos < m
     jk = jk * valid[:, None, :]
     kp = np.where(valid, kpos, 0)
     # C_ee = Hee^-1 + W S^-1 W^T ; C_ek = -W S^-1 ; C_kk = S^-1
@@ -242,8 +233,8 @@ class StandardErrors:
 
     Attributes
     ----------
-    views : ndarray, shape (n_views, 5)
-        Per view: tilt (rad), rotation (rad), scale, dx, dy (px); 0 where held
+    views : ndarray, shape (n_views, 7)
+        Per view: tilt (rad), rotation (rad), scale, dx, dy (px), dmag, skew (rad); 0 where held
         (gauge, tied or interpolated parameters).
     points_xyz_px : ndarray, shape (n_markers, 3)
     sigma_px : float
@@ -270,9 +261,30 @@ def standard_errors(series, state, options, cov=None):
     dof = max(n_res - layout.n_params, 1)
     sigma = float(np.sqrt(2.0 * cost / dof))
     se = sigma * np.sqrt(np.maximum(var, 0.0))
-    view_se = np.where(layout.view_map >= 0, se[np.maximum(layout.view_map, 0)], 0.0)
+    view_se = _view_standard_errors(layout, ne, se, sigma, s_inv)
     point_se = np.where(layout.point_map >= 0, se[np.maximum(layout.point_map, 0)], 0.0)
     return StandardErrors(view_se, point_se, sigma)
+
+
+def _view_standard_errors(layout, ne, se, sigma, s_inv):
+    """Standard error of every view parameter, shape (n_views, N_VIEW).
+
+    A parameter that follows one unknown has that unknown's; one
+    interpolated between two group centres (both kept unknowns) has
+    ``sigma sqrt(w^T C w)`` with the centres' covariance ``C``.
+    """
+    vm, vw = layout.view_map, layout.view_weight
+    out = np.where(vm[:, :, 0] >= 0, se[np.maximum(vm[:, :, 0], 0)] * np.abs(vw[:, :, 0]), 0.0)
+    two = (vm[:, :, 0] >= 0) & (vm[:, :, 1] >= 0)
+    if two.any():
+        st = ne.structure
+        pos = np.full(layout.n_params, -1)
+        pos[st.kept] = np.arange(st.n_kept)
+        i0, i1 = pos[vm[:, :, 0][two]], pos[vm[:, :, 1][two]]
+        w0, w1 = vw[:, :, 0][two], vw[:, :, 1][two]
+        var = w0**2 * s_inv[i0, i0] + w1**2 * s_inv[i1, i1] + 2 * w0 * w1 * s_inv[i0, i1]
+        out[two] = sigma * np.sqrt(np.maximum(var, 0.0))
+    return out
 
 
 def _imod_leave_out(obs, jp, r):

@@ -176,6 +176,8 @@ class StageReport:
     n_params: int = 0
     eliminated: str = ""
     robust_rounds: int = 0
+    distortion: str = "off"
+    measured_to_unknowns: float = float("nan")
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -187,7 +189,7 @@ class AlignmentState:
 
     Attributes
     ----------
-    views : ndarray, shape (n_views, 5)
+    views : ndarray, shape (n_views, 7)
         View parameters (:data:`tiltflow.projection.VIEW_COLUMNS`), for
         every view of the tilt list.
     points_xyz_px : ndarray, shape (n_markers, 3)

@@ -17,9 +17,12 @@ import dataclasses
 import math
 import numbers
 
-ROTATION_MODES = ("per_view", "single", "fixed")
-SCALE_MODES = ("per_view", "fixed")
-TILT_MODES = ("per_view", "fixed")
+ROTATION_MODES = ("per_view", "grouped", "single", "fixed")
+SCALE_MODES = ("per_view", "grouped", "fixed")
+TILT_MODES = ("per_view", "grouped", "fixed")
+DISTORTION_MODES = ("off", "grouped", "per_view")
+#: Group-size fields of :class:`AlignOptions` (IMOD's *DefaultGrouping defaults).
+GROUP_FIELDS = ("rotation_group", "tilt_group", "scale_group", "stretch_group", "skew_group")
 
 
 def _is_int(value):
@@ -69,18 +72,34 @@ class AlignOptions:
 
     Attributes
     ----------
-    rotation : {"per_view", "single", "fixed"}
-        In-plane rotation (tilt-axis angle): one per view, one for all
-        views, or held at the sheet's ``tilt_axis_angle``.
-    scale : {"per_view", "fixed"}
-        Magnification per view (reference view held at 1) or all 1.
-    tilt : {"per_view", "fixed"}
-        Tilt angles per view, or held at nominal (+ the sheet's
-        ``tilt_offset``).  A single offset for all views is not offered:
+    rotation : {"per_view", "grouped", "single", "fixed"}
+        In-plane rotation (tilt-axis angle): one per view, grouped (solved
+        at group centres of ``rotation_group`` views in tilt order and
+        linearly interpolated between them, as IMOD's automapping), one for
+        all views, or held at the sheet's ``tilt_axis_angle``.
+    scale : {"per_view", "grouped", "fixed"}
+        Magnification per view or grouped (reference view held at 1), or
+        all 1.
+    tilt : {"per_view", "grouped", "fixed"}
+        Tilt angles per view, grouped (the change from nominal), or held
+        at nominal (+ the sheet's ``tilt_offset``).  A single offset for all views is not offered:
         rotating the specimen and all tilts together leaves every
         projection unchanged, so markers cannot determine it (the
         two-surface analysis in ``summary.json`` suggests one; put it in
         the sheet's ``tilt_offset``).
+    distortion : {"off", "grouped", "per_view"}
+        In-plane distortion of the section: X-stretch (IMOD ``dmag``) and
+        skew per view or grouped (``stretch_group``, ``skew_group``),
+        held at 0 in the reference view (gauge); solved in the stages that
+        free the tilts (:mod:`tiltflow.stages`).
+    rotation_group, tilt_group, scale_group, stretch_group, skew_group : int
+        Views per group of a grouped parameter (IMOD's defaults 5, 5, 4,
+        7, 11).
+    distortion_min_ratio : float
+        Distortion is solved only when the ratio of measured values (2 per
+        weighted observation) to unknowns with it stays at or above this;
+        below, the stage runs without distortion and says so (IMOD's
+        "ratio of total measured values to all unknowns").
     reference_view : int or None
         0-based view whose scale (and tilt) fix the gauge and whose markers
         seed the initial stage; None picks the view nearest zero tilt.
@@ -101,6 +120,13 @@ class AlignOptions:
     rotation: str = "per_view"
     scale: str = "per_view"
     tilt: str = "per_view"
+    distortion: str = "off"
+    rotation_group: int = 5
+    tilt_group: int = 5
+    scale_group: int = 4
+    stretch_group: int = 7
+    skew_group: int = 11
+    distortion_min_ratio: float = 4.0
     reference_view: int | None = None
     polish: bool = True
     robust: bool = True
@@ -114,10 +140,17 @@ class AlignOptions:
                 "unchanged); give it in the sheet's tilt_offset column (summary.json -> surfaces suggests one), "
                 "or use tilt: per_view or fixed"
             )
-        for name, allowed in (("rotation", ROTATION_MODES), ("scale", SCALE_MODES), ("tilt", TILT_MODES)):
+        for name, allowed in (("rotation", ROTATION_MODES), ("scale", SCALE_MODES), ("tilt", TILT_MODES),
+                              ("distortion", DISTORTION_MODES)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        for name in GROUP_FIELDS:
+            value = getattr(self, name)
+            if not (_is_int(value) and value >= 2):
+                raise ValueError(f"{name} must be an integer >= 2 (views per group), got {value!r}")
+        if not (math.isfinite(self.distortion_min_ratio) and self.distortion_min_ratio >= 1):
+            raise ValueError(f"distortion_min_ratio must be a finite number >= 1, got {self.distortion_min_ratio!r}")
         if self.reference_view is not None and not (_is_int(self.reference_view) and self.reference_view >= 0):
             raise ValueError(f"reference_view must be None or an integer >= 0, got {self.reference_view!r}")
         if not self.robust_k > 0:

@@ -15,6 +15,11 @@ The gauge follows from the declaration, not from the stage's name:
 * scale free: the reference view's scale is held at 1.
 * tilt free together with the 3D positions: the reference view's tilt is
   held (a rotation of the specimen about the tilt axis is a pure gauge).
+* distortion free: the reference view's stretch and skew are held at 0 (a
+  stretch or shear common to all views is a stretch or shear of the
+  specimen).
+* grouped parameters: the reference view is a group centre, so that what
+  it holds is held exactly.
 
 Shifts are free in every stage for every view with observations; the
 rotation follows ``align.rotation`` in every stage.
@@ -49,6 +54,9 @@ class Stage:
     reset : bool
         Before solving, scales are set to 1, tilts to nominal and, with
         ``align.rotation: single``, the rotations to their mean.
+    distortion : bool
+        X-stretch and skew are free (when ``align.distortion`` is not
+        ``off``); the reference view's are held at 0.
     """
 
     name: str
@@ -58,14 +66,17 @@ class Stage:
     tilt: bool = False
     robust: bool = False
     reset: bool = False
+    distortion: bool = False
 
     def config_keys(self):
         """The config keys (``align.*`` names and ``robust``) the stage's result depends on."""
-        keys = ["rotation", "max_iterations", "ftol"]
+        keys = ["rotation", "rotation_group", "max_iterations", "ftol"]
         if self.scale:
-            keys.append("scale")
+            keys += ["scale", "scale_group"]
         if self.tilt:
-            keys.append("tilt")
+            keys += ["tilt", "tilt_group"]
+        if self.distortion:
+            keys += ["distortion", "stretch_group", "skew_group", "distortion_min_ratio"]
         if self.robust:
             keys.append("robust")
         return tuple(keys)
@@ -75,8 +86,8 @@ class Stage:
 STAGES = (
     Stage("initial", points=True, hold_reference_xy=True, reset=True),
     Stage("main", points=True, scale=True, robust=True),
-    Stage("tilt", points=False, scale=True, tilt=True, robust=True),
-    Stage("polish", points=True, scale=True, tilt=True, robust=True),
+    Stage("tilt", points=False, scale=True, tilt=True, robust=True, distortion=True),
+    Stage("polish", points=True, scale=True, tilt=True, robust=True, distortion=True),
 )
 
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from ..projection import full_views
 from ..model import AlignmentState, Observations, Prepared, Series, StageReport
 
 
@@ -79,7 +80,7 @@ def load_prepared(path) -> Prepared:
 
 def save_state(path, state: AlignmentState, extra=None):
     """Write an :class:`AlignmentState` as JSON (angles in degrees)."""
-    v = state.views
+    v = full_views(state.views)
     doc = {
         "reference_view": state.reference_view,
         "views": {
@@ -88,6 +89,8 @@ def save_state(path, state: AlignmentState, extra=None):
             "scale": v[:, 2].tolist(),
             "shift_x_px": v[:, 3].tolist(),
             "shift_y_px": v[:, 4].tolist(),
+            "dmag": v[:, 5].tolist(),
+            "skew_deg": np.rad2deg(v[:, 6]).tolist(),
         },
         "points_xyz_px": state.points_xyz_px.tolist(),
         "robust_weight": state.robust_weight.tolist(),
@@ -106,6 +109,7 @@ def load_state(path) -> AlignmentState:
     v = doc["views"]
     views = np.column_stack([
         np.deg2rad(v["tilt_deg"]), np.deg2rad(v["rotation_deg"]), v["scale"], v["shift_x_px"], v["shift_y_px"],
+        v.get("dmag", np.zeros(len(v["scale"]))), np.deg2rad(v.get("skew_deg", np.zeros(len(v["scale"])))),
     ]).astype(float)
     return AlignmentState(
         views=views,

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from .. import projection
+from ..projection import N_VIEW
 from ..model import Observations
 from ..options import LMOptions
 from ._lm import LMReport, levenberg_marquardt
@@ -40,56 +41,119 @@ def _kernels():
 class Layout:
     """Which parameters are free and how they map to the unknown vector.
 
+    A view parameter depends on at most two unknowns: its own, one shared
+    by several views (one rotation for all), or -- grouped like IMOD's
+    automapping -- the two group centres it is linearly interpolated
+    between.  A step ``delta`` of the unknowns changes view parameter
+    ``(j, c)`` by ``sum_k view_weight[j, c, k] * delta[view_map[j, c, k]]``.
+
     Attributes
     ----------
-    view_map : ndarray of int, shape (n_views, 5)
-        Index of each view parameter in the unknown vector, ``-1`` if held.
-        Several views may share an index (one rotation for all, a tilt
-        offset): the step is then added to each of them.
+    view_map : ndarray of int, shape (n_views, N_VIEW, 2)
+        Unknowns of each view parameter (:data:`tiltflow.projection.VIEW_COLUMNS`),
+        ``-1`` for an unused slot; both ``-1``: held.
+    view_weight : ndarray, shape (n_views, N_VIEW, 2)
+        Their weights (0 for unused slots).
     point_map : ndarray of int, shape (n_markers, 3)
         Index of each marker coordinate, ``-1`` if held.
     n_params : int
     """
 
     view_map: np.ndarray
+    view_weight: np.ndarray
     point_map: np.ndarray
     n_params: int
 
+    @property
+    def view_free(self):
+        """Which view parameters depend on some unknown, shape (n_views, N_VIEW)."""
+        return (self.view_map >= 0).any(axis=2)
+
     @classmethod
-    def from_masks(cls, view_free, point_free, shared_columns=()):
+    def from_masks(cls, view_free, point_free, shared_columns=(), groups=None):
         """Build a layout from boolean masks.
 
         Parameters
         ----------
-        view_free : ndarray of bool, shape (n_views, 5)
+        view_free : ndarray of bool, shape (n_views, N_VIEW) or (n_views, 5)
         point_free : ndarray of bool, shape (n_markers, 3)
         shared_columns : iterable of int
-            View columns (e.g. ``projection.TILT``) whose free entries are
+            View columns (e.g. ``projection.ROT``) whose free entries are
             one parameter shared by all those views.
+        groups : dict, optional
+            ``column -> (weights, free, ...)``: the column is grouped;
+            ``weights`` (n_views, n_centres) interpolates each view's value
+            from the group centres (at most two non-zero per row, rows of
+            views that are not free are ignored) and ``free`` (n_centres,)
+            says which centres are unknowns (a held centre keeps its value).
+            ``view_free`` of a grouped column says which views follow the
+            groups; the others are held.
+
+        Unknowns are numbered: shared parameters, group centres, view-local
+        parameters (view by view), marker coordinates.
         """
         view_free = np.asarray(view_free, dtype=bool)
+        if view_free.shape[1] < N_VIEW:
+            view_free = np.concatenate([view_free, np.zeros((len(view_free), N_VIEW - view_free.shape[1]), bool)], 1)
         point_free = np.asarray(point_free, dtype=bool)
-        view_map = np.full(view_free.shape, -1, dtype=np.int64)
+        n_v = len(view_free)
+        view_map = np.full((n_v, N_VIEW, 2), -1, dtype=np.int64)
+        view_weight = np.zeros((n_v, N_VIEW, 2))
         n = 0
         shared = set(shared_columns)
-        for col in range(view_free.shape[1]):
+        groups = dict(groups or {})
+        for col in range(N_VIEW):
             rows = np.flatnonzero(view_free[:, col])
-            if not len(rows):
-                continue
-            if col in shared:
-                view_map[rows, col] = n
+            if col in shared and len(rows):
+                view_map[rows, col, 0] = n
+                view_weight[rows, col, 0] = 1.0
                 n += 1
+        for col, spec in sorted(groups.items()):
+            weights = np.asarray(spec[0], dtype=float)
+            free = np.asarray(spec[1], dtype=bool)
+            index = np.full(len(free), -1, dtype=np.int64)
+            index[free] = n + np.arange(int(free.sum()))
+            n += int(free.sum())
+            for j in np.flatnonzero(view_free[:, col]):
+                nz = [k for k in np.flatnonzero(weights[j]) if free[k]]
+                if len(nz) > 2:
+                    raise ValueError(f"view {j}, column {col}: a grouped parameter interpolates between at most two "
+                                     f"centres, got weights on {len(np.flatnonzero(weights[j]))}")
+                for slot, k in enumerate(nz):
+                    view_map[j, col, slot] = index[k]
+                    view_weight[j, col, slot] = weights[j, k]
         free_local = view_free.copy()
-        for col in shared:
+        for col in list(shared) + list(groups):
             free_local[:, col] = False
         k = int(free_local.sum())
-        view_map[free_local] = n + np.arange(k)  # row-major: per view blocks
+        view_map[:, :, 0][free_local] = n + np.arange(k)  # row-major: per view blocks
+        view_weight[:, :, 0][free_local] = 1.0
         n += k
         point_map = np.full(point_free.shape, -1, dtype=np.int64)
         k = int(point_free.sum())
         point_map[point_free] = n + np.arange(k)
         n += k
-        return cls(view_map, point_map, n)
+        return cls(view_map, view_weight, point_map, n)
+
+    def apply(self, views, points, step):
+        """``(views, points)`` moved by ``step`` (copies)."""
+        views = views.copy()
+        points = points.copy()
+        for slot in range(2):
+            sel = self.view_map[:, :, slot] >= 0
+            views[sel] += self.view_weight[:, :, slot][sel] * step[self.view_map[:, :, slot][sel]]
+        sel = self.point_map >= 0
+        points[sel] += step[self.point_map[sel]]
+        return views, points
+
+    def values(self, views, points):
+        """The unknowns' current values (a grouped or shared unknown: its value at a view that follows it alone)."""
+        x = np.zeros(self.n_params)
+        alone = (self.view_map[:, :, 0] >= 0) & (self.view_map[:, :, 1] < 0) & (self.view_weight[:, :, 0] == 1.0)
+        x[self.view_map[:, :, 0][alone]] = views[alone]
+        sel = self.point_map >= 0
+        x[self.point_map[sel]] = points[sel]
+        return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +162,7 @@ class BundleSolution:
 
     Attributes
     ----------
-    views : ndarray, shape (n_views, 5)
+    views : ndarray, shape (n_views, 7)
         Solved view parameters (:data:`tiltflow.projection.VIEW_COLUMNS`).
     points_xyz_px : ndarray, shape (n_markers, 3)
     report : LMReport
@@ -125,12 +189,7 @@ class BundleProblem:
         self.obs = obs
         self.layout = layout
         self.sqrt_w = np.sqrt(obs.weight)[:, None]
-        self.structure = SchurStructure(
-            obs.view_index, obs.marker_index, layout.view_map, layout.point_map, layout.n_params, eliminate
-        )
-        vm, pm = layout.view_map, layout.point_map
-        self._view_sel = vm >= 0
-        self._point_sel = pm >= 0
+        self.structure = SchurStructure(obs.view_index, obs.marker_index, layout, eliminate)
 
     def residuals(self, state):
         views, points = state
@@ -154,30 +213,23 @@ class BundleProblem:
             c = _kernels().linearize(
                 points, views, o.marker_index, o.view_index, o.xy_px, self.sqrt_w[:, 0],
                 o.centre_xy_px[0], o.centre_xy_px[1], st.eliminate == "points", st.e_free,
-                st.kpos_view, st.kpos_point, *arrays,
+                st.kpos_view, st.view_weight, st.kpos_point, *arrays,
             )
             return float(c), NormalEquations(st, *arrays)
         pred, jv, jp = projection.project_with_jacobian(
             points, views, self.obs.marker_index, self.obs.view_index, self.obs.centre_xy_px
         )
         r = (pred - self.obs.xy_px) * self.sqrt_w
-        jac = np.concatenate([jv, jp], axis=2) * self.sqrt_w[:, :, None]
-        return 0.5 * float(np.einsum("ij,ij->", r, r)), self.structure.assemble(jac, r)
+        w = self.sqrt_w[:, :, None]
+        return 0.5 * float(np.einsum("ij,ij->", r, r)), self.structure.assemble(jv * w, jp * w, r)
 
     def apply(self, state, step):
         views, points = state
-        views = views.copy()
-        points = points.copy()
-        views[self._view_sel] += step[self.layout.view_map[self._view_sel]]
-        points[self._point_sel] += step[self.layout.point_map[self._point_sel]]
-        return views, points
+        return self.layout.apply(views, points, step)
 
     def norm(self, state, scale):
         views, points = state
-        x = np.zeros(self.layout.n_params)
-        x[self.layout.view_map[self._view_sel]] = views[self._view_sel]
-        x[self.layout.point_map[self._point_sel]] = points[self._point_sel]
-        return float(np.linalg.norm(scale * x))
+        return float(np.linalg.norm(scale * self.layout.values(views, points)))
 
 
 def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), eliminate="auto", compiled="auto"):
@@ -186,8 +238,9 @@ def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), elimina
     Parameters
     ----------
     obs : Observations
-    views : ndarray, shape (n_views, 5)
-        Starting view parameters; held entries keep these values.
+    views : ndarray, shape (n_views, 7) or (n_views, 5)
+        Starting view parameters; held entries keep these values (five
+        columns: no distortion).
     points_xyz_px : ndarray, shape (n_markers, 3)
         Starting marker positions; held entries keep these values.
     layout : Layout
@@ -203,10 +256,10 @@ def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), elimina
     -------
     BundleSolution
     """
-    views = np.asarray(views, dtype=float)
+    views = projection.full_views(views)
     points_xyz_px = np.asarray(points_xyz_px, dtype=float)
-    if views.shape != (obs.n_views, 5):
-        raise ValueError(f"views must have shape ({obs.n_views}, 5), got {views.shape}")
+    if views.shape != (obs.n_views, N_VIEW):
+        raise ValueError(f"views must have shape ({obs.n_views}, 5) or ({obs.n_views}, {N_VIEW}), got {views.shape}")
     if points_xyz_px.shape != (obs.n_markers, 3):
         raise ValueError(f"points_xyz_px must have shape ({obs.n_markers}, 3), got {points_xyz_px.shape}")
     if not (np.all(np.isfinite(views)) and np.all(np.isfinite(points_xyz_px))):
@@ -232,14 +285,14 @@ def warm_up(n_obs=None):
     if compiled in _warmed_up:
         return
     tilt = np.deg2rad([-30.0, 0.0, 30.0])
-    views = np.column_stack([tilt, np.zeros(3), np.ones(3), np.zeros(3), np.zeros(3)])
+    views = np.column_stack([tilt, np.zeros(3), np.ones(3), np.zeros((3, N_VIEW - 3))])
     points = np.array([[10.0, 5.0, 3.0], [-8.0, 2.0, -4.0], [3.0, -9.0, 1.0]])
     mi, vi = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")
     mi, vi = mi.ravel(), vi.ravel()
     xy = projection.project(points, views, mi, vi, (50.0, 50.0)) + 0.1
     obs = Observations(mi, vi, xy, np.ones(len(mi)), 3, 3, (50.0, 50.0))
-    free_v = np.zeros((3, 5), dtype=bool)
-    free_v[:, 3:] = True
+    free_v = np.zeros((3, N_VIEW), dtype=bool)
+    free_v[:, 3:5] = True
     free_p = np.ones((3, 3), dtype=bool)
     free_p[0] = False
     for eliminate in ("points", "views"):

@@ -7,6 +7,7 @@ import numpy as np
 import scipy.sparse
 
 from .. import projection
+from ._schur import expand_jacobian
 
 
 class ScipyProblem:
@@ -15,7 +16,7 @@ class ScipyProblem:
     Parameters
     ----------
     obs : Observations
-    views : ndarray, shape (n_views, 5)
+    views : ndarray, shape (n_views, 7) or (n_views, 5)
         Start values; held parameters keep them.
     points_xyz_px : ndarray, shape (n_markers, 3)
     layout : Layout
@@ -25,20 +26,17 @@ class ScipyProblem:
 
     def __init__(self, obs, views, points_xyz_px, layout):
         self.obs, self.layout = obs, layout
-        self.views0, self.points0 = np.asarray(views, float), np.asarray(points_xyz_px, float)
-        self._vsel, self._psel = layout.view_map >= 0, layout.point_map >= 0
+        self.views0, self.points0 = projection.full_views(views), np.asarray(points_xyz_px, float)
         self.x0 = np.zeros(layout.n_params)
-        # (observation, Jacobian column) -> parameter index, -1 where held
+        # (observation, expanded Jacobian column) -> parameter index, -1 where held
+        n = len(obs.view_index)
         self._cols = np.concatenate(
-            [layout.view_map[obs.view_index], layout.point_map[obs.marker_index]], axis=1
+            [layout.view_map[obs.view_index].reshape(n, -1), layout.point_map[obs.marker_index]], axis=1
         )
 
     def unpack(self, x):
         """``(views, points)`` at ``x``."""
-        v, p = self.views0.copy(), self.points0.copy()
-        v[self._vsel] += x[self.layout.view_map[self._vsel]]
-        p[self._psel] += x[self.layout.point_map[self._psel]]
-        return v, p
+        return self.layout.apply(self.views0, self.points0, x)
 
     def fun(self, x):
         """Residuals ``pred - obs``, flattened to (2 n_obs,)."""
@@ -51,10 +49,10 @@ class ScipyProblem:
         v, p = self.unpack(x)
         o = self.obs
         _, jv, jp = projection.project_with_jacobian(p, v, o.marker_index, o.view_index, o.centre_xy_px)
-        block = np.concatenate([jv, jp], axis=2)  # (n, 2, 8)
+        block = expand_jacobian(jv, jp, self.layout.view_weight[o.view_index])
         out = np.zeros((len(o.marker_index), 2, self.layout.n_params))
         rows = np.arange(len(o.marker_index))
-        for c in range(8):
+        for c in range(block.shape[2]):
             ok = self._cols[:, c] >= 0
             np.add.at(out, (rows[ok], slice(None), self._cols[ok, c]), block[ok, :, c])
         return out.reshape(-1, self.layout.n_params)

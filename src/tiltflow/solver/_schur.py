@@ -1,19 +1,24 @@
 """Normal equations of the bundle problem and their Schur-complement solve.
 
 The unknowns are split into *eliminated* blocks -- either one block per
-marker (its x, y, z) or one block per view (its five view-local
-parameters) -- and a *kept* set (everything else: the view parameters, or
-the marker coordinates plus any parameter shared by several views).  Every
+marker (its x, y, z) or one block per view (its view-local parameters) --
+and a *kept* set (everything else: the view parameters, or the marker
+coordinates plus any parameter several views depend on: one shared value,
+or the group centres a grouped parameter is interpolated from).  Every
 observation touches exactly one eliminated block, so ``H_ee`` is block
 diagonal and the damped system reduces to a dense one on the kept set
 (Triggs et al.; Ceres' DENSE_SCHUR)::
 
     S = H_kk - H_ke H_ee^-1 H_ek,   S dk = -g_k + H_ke H_ee^-1 g_e
 
-:class:`SchurStructure` works out once per layout where each product of an
-observation's Jacobian columns lands; every iteration then only multiplies
-and accumulates with ``np.bincount``.  Held parameters have no row: their
-Jacobian columns are masked to zero (eliminated side) or sent to a dummy
+A view parameter depends on at most two unknowns (a grouped parameter is
+linearly interpolated between two group centres), so an observation's
+Jacobian with respect to the unknowns has ``2 * N_VIEW`` view *slots*
+(the derivative by view parameter ``c`` times the slot's weight) and three
+point columns.  :class:`SchurStructure` works out once per layout where
+each product of an observation's slots lands; every iteration then only
+multiplies and accumulates with ``np.bincount``.  Held parameters have no
+row: their columns are masked to zero (eliminated side) or sent to a dummy
 row that is dropped (kept side), and unused block slots get a unit
 diagonal.
 """
@@ -22,8 +27,30 @@ from __future__ import annotations
 
 import numpy as np
 
-VIEW_COLS = np.arange(5)
-POINT_COLS = np.arange(5, 8)
+from ..projection import N_VIEW
+
+#: Columns of the expanded per-observation Jacobian: view parameter c, slot k at 2 c + k; then x, y, z.
+N_SLOTS = 2 * N_VIEW
+POINT_COLS = np.arange(N_SLOTS, N_SLOTS + 3)
+SLOT0_COLS = np.arange(0, N_SLOTS, 2)
+
+
+def expand_jacobian(jac_view, jac_point, weight_obs):
+    """The Jacobian of each observation with respect to its view slots and point.
+
+    Parameters
+    ----------
+    jac_view : ndarray, shape (n_obs, 2, N_VIEW)
+    jac_point : ndarray, shape (n_obs, 2, 3)
+    weight_obs : ndarray, shape (n_obs, N_VIEW, 2)
+        Slot weights of each observation's view (``layout.view_weight[view_index]``).
+
+    Returns
+    -------
+    ndarray, shape (n_obs, 2, 2 N_VIEW + 3)
+    """
+    slots = np.repeat(jac_view, 2, axis=2) * weight_obs.reshape(len(weight_obs), 1, N_SLOTS)
+    return np.concatenate([slots, jac_point], axis=2)
 
 
 class SchurStructure:
@@ -33,49 +60,42 @@ class SchurStructure:
     ----------
     view_index, marker_index : ndarray of int, shape (n_obs,)
         View and marker of each observation.
-    view_map : ndarray of int, shape (n_views, 5)
-        Free-parameter index of each view parameter, ``-1`` if held;
-        several views may share an index.
-    point_map : ndarray of int, shape (n_markers, 3)
-        Free-parameter index of each marker coordinate, ``-1`` if held.
-    n_params : int
+    layout : tiltflow.solver.Layout
+        Which unknowns each view parameter and marker coordinate depend on.
     eliminate : {"auto", "points", "views"}
         Which blocks to eliminate; ``"auto"`` picks the choice that leaves
         the smaller dense system.
     """
 
-    def __init__(self, view_index, marker_index, view_map, point_map, n_params, eliminate="auto"):
-        view_map = np.asarray(view_map, dtype=np.int64)
-        point_map = np.asarray(point_map, dtype=np.int64)
-        self.n_params = int(n_params)
-        counts = np.bincount(view_map[view_map >= 0], minlength=n_params)
-        local = (view_map >= 0) & (counts[np.maximum(view_map, 0)] == 1)
-        shared_idx = np.unique(view_map[(view_map >= 0) & ~local])
+    def __init__(self, view_index, marker_index, layout, eliminate="auto"):
+        view_map = np.asarray(layout.view_map, dtype=np.int64)  # (n_views, N_VIEW, 2)
+        point_map = np.asarray(layout.point_map, dtype=np.int64)
+        n_params = int(layout.n_params)
+        self.n_params = n_params
+        used = view_map >= 0
+        counts = np.bincount(view_map[used], minlength=n_params)
+        # view-local: one unknown used by this view parameter alone, with weight 1
+        local = (used[:, :, 0] & ~used[:, :, 1] & (counts[np.maximum(view_map[:, :, 0], 0)] == 1)
+                 & (layout.view_weight[:, :, 0] == 1.0))
+        view_idx = np.unique(view_map[used])
+        nonlocal_idx = np.unique(np.concatenate([view_map[:, :, 0][used[:, :, 0] & ~local], view_map[:, :, 1][used[:, :, 1]]]))
         point_idx = point_map[point_map >= 0]
-        view_idx = np.unique(view_map[view_map >= 0])
-        n_kept_views = len(shared_idx) + len(point_idx)
         if eliminate == "auto":
-            eliminate = "views" if n_kept_views < len(view_idx) else "points"
+            eliminate = "views" if len(nonlocal_idx) + len(point_idx) < len(view_idx) else "points"
         if eliminate not in ("points", "views"):
             raise ValueError(f"eliminate must be 'auto', 'points' or 'views', got {eliminate!r}")
         self.eliminate = eliminate
 
+        slot_kept = used.copy()  # (n_views, N_VIEW, 2): which slots go to the kept side
         if eliminate == "points":
-            e_map = point_map  # (n_markers, 3)
-            self.e_cols, self.k_cols = POINT_COLS, VIEW_COLS
+            e_map = point_map
             group_of_obs = np.asarray(marker_index, dtype=np.int64)
             kept = view_idx
-            k_map_obs = view_map[view_index]  # (n_obs, 5)
         else:
-            e_map = np.where(local, view_map, -1)  # (n_views, 5)
-            self.e_cols = VIEW_COLS
-            shared_cols = np.flatnonzero(((view_map >= 0) & ~local).any(axis=0))
-            self.k_cols = np.concatenate([POINT_COLS, shared_cols])
+            e_map = np.where(local, view_map[:, :, 0], -1)
+            slot_kept[:, :, 0] &= ~local
             group_of_obs = np.asarray(view_index, dtype=np.int64)
-            kept = np.concatenate([shared_idx, point_idx])
-            k_map_obs = np.concatenate(
-                [point_map[marker_index], np.where(local, -1, view_map)[view_index][:, shared_cols]], axis=1
-            )
+            kept = np.concatenate([nonlocal_idx, point_idx])
         self.e_map = e_map
         self.n_groups, b = e_map.shape
         self.block_size = b
@@ -84,27 +104,59 @@ class SchurStructure:
         self.kept = kept
         kept_pos = np.full(n_params, m, dtype=np.int64)  # m = dummy row
         kept_pos[kept] = np.arange(m)
-        kpos = np.where(k_map_obs >= 0, kept_pos[np.maximum(k_map_obs, 0)], m)  # (n_obs, nk)
         self.e_free = e_map >= 0
-        self._obs_layout = (group_of_obs, kpos)
-        self._targets = None
         # flat-vector positions of the eliminated parameters
         self._e_param = e_map[self.e_free]
-        # kept-vector position of every view / point parameter (-1: held or eliminated)
-        def kept_position(pmap, eliminated):
-            pos = np.where(pmap >= 0, kept_pos[np.maximum(pmap, 0)], -1)
-            pos[(pos == m) | eliminated] = -1
-            return np.ascontiguousarray(pos)
-
-        elim_view = (e_map >= 0) if eliminate == "views" else np.zeros(view_map.shape, dtype=bool)
-        elim_point = (point_map >= 0) if eliminate == "points" else np.zeros(point_map.shape, dtype=bool)
-        self.kpos_view = kept_position(view_map, elim_view)
-        self.kpos_point = kept_position(point_map, elim_point)
+        # kept-vector position of every view slot / point coordinate (-1: held or eliminated)
+        self.kpos_view = np.ascontiguousarray(np.where(slot_kept, kept_pos[np.maximum(view_map, 0)], -1))
+        pos = np.where(point_map >= 0, kept_pos[np.maximum(point_map, 0)], -1)
+        if eliminate == "points":
+            pos[:] = -1
+        self.kpos_point = np.ascontiguousarray(pos)
+        self.view_weight = np.ascontiguousarray(layout.view_weight, dtype=float)
+        # the columns of the expanded Jacobian each side uses (slots no view uses are left out)
+        slot_cols = np.flatnonzero(slot_kept.any(axis=0).reshape(-1))
+        if eliminate == "points":
+            self.e_cols, self.k_cols = POINT_COLS, slot_cols
+            kpos = self.kpos_view[view_index].reshape(len(view_index), N_SLOTS)[:, slot_cols]
+        else:
+            self.e_cols = SLOT0_COLS
+            self.k_cols = np.concatenate([POINT_COLS, slot_cols])
+            kpos = np.concatenate([self.kpos_point[marker_index],
+                                   self.kpos_view[view_index].reshape(len(view_index), N_SLOTS)[:, slot_cols]], axis=1)
+        self._view_index = np.asarray(view_index, dtype=np.int64)
+        self._obs_layout = (group_of_obs, np.where(kpos >= 0, kpos, m))
+        self._targets = None
 
     def zeros(self):
         """Zeroed arrays ``(hee, hek, hkk, ge, gk)`` for the compiled kernel."""
         b, m, ng = self.block_size, self.n_kept, self.n_groups
         return np.zeros((ng, b, b)), np.zeros((ng, b, m)), np.zeros((m, m)), np.zeros((ng, b)), np.zeros(m)
+
+    def blocks(self, jac_view, jac_point):
+        """The eliminated-side and kept-side Jacobian blocks of every observation.
+
+        Parameters
+        ----------
+        jac_view : ndarray, shape (n_obs, 2, N_VIEW)
+        jac_point : ndarray, shape (n_obs, 2, 3)
+            Weighted derivatives (:func:`tiltflow.projection.project_with_jacobian`).
+
+        Returns
+        -------
+        group : ndarray of int, shape (n_obs,)
+            Eliminated block of each observation.
+        je : ndarray, shape (n_obs, 2, b)
+            Derivatives by the block's parameters (0 where held).
+        jk : ndarray, shape (n_obs, 2, nk)
+            Derivatives by kept unknowns.
+        kpos : ndarray of int, shape (n_obs, nk)
+            Their kept positions; ``n_kept`` (a dummy row) where held.
+        """
+        g, kpos = self._obs_layout
+        jac = expand_jacobian(jac_view, jac_point, self.view_weight[self._view_index])
+        je = jac[:, :, self.e_cols] * self.e_free[g][:, None, :]
+        return g, je, jac[:, :, self.k_cols], kpos
 
     def _numpy_targets(self):
         """Scatter targets of the pure-numpy assembly (built on first use)."""
@@ -114,7 +166,6 @@ class SchurStructure:
             mp = m + 1
             ib = np.arange(b)
             self._targets = {
-                "mask": self.e_free[g].astype(float)[:, None, :],  # (n_obs, 1, b)
                 "ee": ((g[:, None, None] * b + ib[None, :, None]) * b + ib[None, None, :]).ravel(),
                 "ek": ((g[:, None, None] * b + ib[None, :, None]) * mp + kpos[:, None, :]).ravel(),
                 "kk": (kpos[:, :, None] * mp + kpos[:, None, :]).ravel(),
@@ -123,14 +174,14 @@ class SchurStructure:
             }
         return self._targets
 
-    def assemble(self, jac, resid):
+    def assemble(self, jac_view, jac_point, resid):
         """Accumulate ``J^T J`` and ``J^T r`` in block form.
 
         Parameters
         ----------
-        jac : ndarray, shape (n_obs, 2, 8)
-            Weighted Jacobian rows of each observation (five view columns,
-            then three point columns).
+        jac_view : ndarray, shape (n_obs, 2, N_VIEW)
+        jac_point : ndarray, shape (n_obs, 2, 3)
+            Weighted Jacobian rows of each observation.
         resid : ndarray, shape (n_obs, 2)
             Weighted residuals.
 
@@ -141,8 +192,7 @@ class SchurStructure:
         b, m, ng = self.block_size, self.n_kept, self.n_groups
         mp = m + 1
         t = self._numpy_targets()
-        je = jac[:, :, self.e_cols] * t["mask"]  # (n_obs, 2, b)
-        jk = jac[:, :, self.k_cols]  # (n_obs, 2, nk)
+        _, je, jk, _ = self.blocks(jac_view, jac_point)
         hee = np.bincount(t["ee"], _atb(je, je), minlength=ng * b * b).reshape(ng, b, b)
         hek = np.bincount(t["ek"], _atb(je, jk), minlength=ng * b * mp).reshape(ng, b, mp)[:, :, :m]
         hkk = np.bincount(t["kk"], _atb(jk, jk), minlength=mp * mp).reshape(mp, mp)[:m, :m]
@@ -161,8 +211,6 @@ def _atb(a, b):
     out = a[:, 0, :, None] * b[:, 0, None, :]
     out += a[:, 1, :, None] * b[:, 1, None, :]
     return out.ravel()
-
-
 class NormalEquations:
     """``J^T J`` and ``J^T r`` in the block layout of a :class:`SchurStructure`."""
 

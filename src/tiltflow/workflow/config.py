@@ -26,7 +26,9 @@ MATCH_FIELD_NAMES = {"finest_size": "finest_size_px", "thickness": "thickness_px
 #: Config key -> (options class, field name): where each science key lands.  The config's defaults
 #: (schema, shipped config.yaml, config/README.md) must equal these fields' defaults.
 OPTION_FIELDS = {
-    **{f"align.{k}": (AlignOptions, k) for k in ("rotation", "scale", "tilt", "reference_view", "polish")},
+    **{f"align.{k}": (AlignOptions, k) for k in ("rotation", "scale", "tilt", "distortion", "rotation_group",
+                                                 "tilt_group", "scale_group", "stretch_group", "skew_group",
+                                                 "distortion_min_ratio", "reference_view", "polish")},
     "align.max_iterations": (LMOptions, "max_iterations"),
     "align.ftol": (LMOptions, "ftol"),
     "robust": (AlignOptions, "robust"),
@@ -61,7 +63,8 @@ def write_params(config, has_stack=False):
     and, for a series with a stack, whether its images refine the marker solution
     (``projection_matching.with_markers``; the whole section when they do)."""
     align = config.get("align") or {}
-    params = {k: align.get(k) for k in ("rotation", "scale", "tilt")}
+    params = {k: align.get(k) for k in ("rotation", "scale", "tilt", "distortion", "rotation_group", "tilt_group",
+                                        "scale_group", "stretch_group", "skew_group", "distortion_min_ratio")}
     if has_stack:
         matching = dict(config.get("projection_matching") or {})
         params["projection_matching"] = matching if matching.get("with_markers") else {"with_markers": False}
