@@ -138,6 +138,7 @@ rule write_alignment:
         large_residuals="results/{series}/large_residuals.tsv",
         resid="results/{series}/{series}.resid",
         solution="results/{series}/taSolution.log",
+        zfac="results/{series}/{series}.zfac",
     params:
         options=write_alignment_params,
     threads: stack_resource("coarse", "threads")

@@ -83,6 +83,13 @@ def series_stack(wildcards):
     return existing(sheet.loc[wildcards.series, "stack"])
 
 
+def series_zfac(wildcards):
+    """The .zfac of a marker alignment (its in-plane stretch enters the back-projection); none for a
+    series aligned from its images alone."""
+    s = wildcards.series
+    return [f"results/{s}/{s}.zfac"] if s in MARKER_SERIES else []
+
+
 def provenance_inputs(wildcards):
     """The series' final results (their times bound the run) and its input files (hashed)."""
     s = wildcards.series
@@ -168,7 +175,7 @@ def plot_output(name):
 
 def all_outputs():
     common = ["{series}.xf", "{series}.tlt", "summary.json", "coarse.xf", "views.tsv"]
-    markers = ["{series}.xyz", "{series}.resid", "taSolution.log", "fiducials.tsv", "markers.tsv",
+    markers = ["{series}.xyz", "{series}.resid", "{series}.zfac", "taSolution.log", "fiducials.tsv", "markers.tsv",
                "large_residuals.tsv", "plots/residual_vs_tilt.png"]
     files = [f"results/{s}/{f.format(series=s)}" for s in SERIES for f in common]
     files += [f"results/{s}/{f.format(series=s)}" for s in MARKER_SERIES for f in markers]

@@ -7,6 +7,7 @@ rule reconstruct_tomogram:
         stack=series_stack,
         xf="results/{series}/{series}.xf",
         tlt="results/{series}/{series}.tlt",
+        zfac=series_zfac,
     output:
         tomogram="results/{series}/tomogram.mrc",
         stats="results/{series}/tomogram.json",

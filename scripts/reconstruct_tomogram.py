@@ -12,4 +12,5 @@ run_logged(
     snakemake.output.tomogram,
     snakemake.output.stats,
     snakemake.threads,
+    snakemake.input.zfac[0] if snakemake.input.zfac else None,
 )

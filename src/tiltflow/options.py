@@ -134,6 +134,8 @@ class AlignOptions:
     lm: LMOptions = LMOptions()
 
     def __post_init__(self):
+        if self.distortion is False:  # YAML reads an unquoted off as false
+            object.__setattr__(self, "distortion", "off")
         if self.tilt == "offset":
             raise ValueError(
                 "tilt 'offset' cannot be solved from markers (a global tilt offset leaves every projection "

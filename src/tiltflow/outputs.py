@@ -13,7 +13,7 @@ from .align import output_frame, rejected_markers, residual_summary
 from .diagnostics import covariance, leave_out, standard_errors
 from .model import AlignmentState, Prepared, Table
 from .options import AlignOptions
-from .projection import ROT, SCALE, TILT
+from .projection import DMAG, ROT, SCALE, SKEW, TILT
 from .surfaces import fit_surfaces
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class SeriesResult:
 
     Attributes
     ----------
-    views : ndarray, shape (n_views, 5)
+    views : ndarray, shape (n_views, 7)
         Final view parameters in the output frame.
     points_xyz_px : ndarray, shape (n_markers, 3)
         Final marker positions in the output frame (origin on the tilt axis
@@ -46,6 +46,8 @@ class SeriesResult:
     observations : Table
         One row per observation in input order: ``x y view resid_x resid_y``
         (IMOD's ``.resid``).
+    zfac : ndarray, shape (n_views, 2)
+        IMOD's ``.zfac`` (:func:`tiltflow.projection.z_factors`; 0 without distortion).
     """
 
     views: np.ndarray
@@ -59,6 +61,7 @@ class SeriesResult:
     markers_table: Table = None
     large_residuals: Table = None
     observations: Table = None
+    zfac: np.ndarray = None
 
 
 def contour_ids(marker_ids):
@@ -182,6 +185,7 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
             for k in np.flatnonzero(weight < 0.5)
         ],
         "status": state.stages[-1].message if state.stages else "",
+        "distortion": _distortion_summary(state, views, ~empty),
     }
     if coarse:
         summary["coarse"] = coarse
@@ -201,7 +205,22 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
     observations = Table({"x": s.obs.xy_px[:, 0], "y": s.obs.xy_px[:, 1], "view": s.obs.view_index,
                           "resid_x": resid[:, 0], "resid_y": resid[:, 1]})
     return SeriesResult(views, points, xf, tilt_deg, contour_ids(s.marker_ids), fid, summary,
-                        views_table, markers_table, large, observations)
+                        views_table, markers_table, large, observations, projection.z_factors(views))
+
+
+def _distortion_summary(state, views, aligned):
+    """``summary.json`` -> ``distortion``: the mode solved and the range of stretch and skew."""
+    solved = [st.distortion for st in state.stages if st.distortion != "off"]
+    fell_back = [st.name for st in state.stages if st.distortion == "off" and st.name in ("tilt", "polish")]
+    out = {
+        "mode": state.stages[-1].distortion if state.stages else "off",
+        "dmag_range": [float(views[aligned, DMAG].min()), float(views[aligned, DMAG].max())],
+        "skew_range_deg": [float(np.rad2deg(views[aligned, SKEW].min())), float(np.rad2deg(views[aligned, SKEW].max()))],
+        "measured_to_unknowns_last_stage": state.stages[-1].measured_to_unknowns if state.stages else None,
+    }
+    if solved and fell_back:
+        out["note"] = f"stages {fell_back} solved without distortion"
+    return out
 
 
 #: IMOD's ResidualReportCriterion: residuals this many SD above the mean (of the used points) are listed,
@@ -241,6 +260,8 @@ def _tables(prepared, weight, views, points, r, loo, se, surf):
         "scale": views[:, SCALE],
         "dx": views[:, 3],
         "dy": views[:, 4],
+        "dmag": views[:, DMAG],
+        "skew": np.rad2deg(views[:, SKEW]),
         "n_markers": count_v,
         "mean_residual": mean_v,
         "leave_out_error": loo_v,
@@ -249,6 +270,8 @@ def _tables(prepared, weight, views, points, r, loo, se, surf):
         "se_scale": se.views[:, SCALE],
         "se_dx": se.views[:, 3],
         "se_dy": se.views[:, 4],
+        "se_dmag": se.views[:, DMAG],
+        "se_skew": np.rad2deg(se.views[:, SKEW]),
         "status": status,
     })
     mean_m, count_m = per(o.marker_index, n_m, length, used)

@@ -74,7 +74,7 @@ def grid_matrix(image_shape, options):
     return g
 
 
-def view_matrices(xf, tilt_deg, image_shape, grid, binning):
+def view_matrices(xf, tilt_deg, image_shape, grid, binning, zfac=None):
     """Per view: voxel index -> binned raw-view array position (col, row); shape (n, 2, 4).
 
     Parameters
@@ -87,14 +87,19 @@ def view_matrices(xf, tilt_deg, image_shape, grid, binning):
     grid : ndarray (3, 4)
         Voxel index -> frame ``(x, y, z)`` in unbinned pixels.
     binning : int
+    zfac : ndarray (n, 2), optional
+        IMOD ``.zfac`` factors: a voxel lands in the aligned view at
+        ``(x cos t + z sin t + fx z, y + fy z)``, the in-plane stretch of the
+        section folded into the same one interpolation.
     """
     ny, nx = image_shape
     c = np.array([nx / 2.0, ny / 2.0])
     t = np.deg2rad(tilt_deg)
     out = np.empty((len(t), 2, 4))
     inverse = invert_xf(xf)
+    fz = np.zeros((len(t), 2)) if zfac is None else np.asarray(zfac, dtype=float)
     for j in range(len(t)):
-        proj = np.array([[np.cos(t[j]), 0.0, np.sin(t[j])], [0.0, 1.0, 0.0]]) @ grid  # -> (u, v), (2, 4)
+        proj = np.array([[np.cos(t[j]), 0.0, np.sin(t[j]) + fz[j, 0]], [0.0, 1.0, fz[j, 1]]]) @ grid  # (u, v), (2, 4)
         a_inv = inverse[j, :4].reshape(2, 2)
         raw = a_inv @ proj
         raw[:, 3] += c + inverse[j, 4:]  # raw = c + A^-1 ((u, v) - D)
@@ -299,7 +304,7 @@ def _warm_up(kernel):
 
 
 def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_slab=None, kernel="numba",
-                grid=None, shape=None):
+                grid=None, shape=None, zfac=None):
     """Weighted back-projection of a tilt series.
 
     Parameters
@@ -324,6 +329,8 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
         Voxel index -> frame position; default :func:`grid_matrix`.
     shape : (nz, ny, nx), optional
         Volume shape; default :func:`volume_shape`.
+    zfac : ndarray (n_views, 2), optional
+        The ``{series}.zfac`` of an alignment with distortion (:func:`view_matrices`).
 
     Returns
     -------
@@ -354,7 +361,7 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
     filter_seconds = time.perf_counter() - t0
     shape = shape or volume_shape(image_shape, options)
     grid = grid_matrix(image_shape, options) if grid is None else grid
-    mats = view_matrices(xf[idx], np.asarray(tilt_deg)[idx], image_shape, grid, b)
+    mats = view_matrices(xf[idx], np.asarray(tilt_deg)[idx], image_shape, grid, b, None if zfac is None else np.asarray(zfac)[idx])
     mats[:, :, 3] += 1.0  # the padded views' border
     weights = tilt_weights(np.asarray(tilt_deg)[idx]) * 0.5  # ramp and interval: sum approximates the inverse
     nz, ny, nx = shape

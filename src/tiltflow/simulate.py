@@ -41,6 +41,12 @@ class SimulationSpec:
         View shifts are a random walk scaled to lie within +-shift_max_px.
     noise_px : float
         Standard deviation of the Gaussian picking error per coordinate.
+    stretch : float
+        In-plane X-stretch (IMOD ``dmag``) at the highest |tilt|, linear in
+        tilt through 0 at zero tilt; with ``skew_deg`` not 0 the views
+        carry distortion (7 columns).
+    skew_deg : float
+        Skew at the highest |tilt|, likewise.
     seed : int
     """
 
@@ -60,6 +66,8 @@ class SimulationSpec:
     mag_drift: float = 0.0
     shift_max_px: float = 20.0
     noise_px: float = 0.5
+    stretch: float = 0.0
+    skew_deg: float = 0.0
     seed: int = 0
 
 
@@ -74,7 +82,7 @@ class SimulatedSeries:
     xy_px : ndarray, shape (n_obs, 2)
         Observed (noisy) positions.
     nominal_tilt_deg : ndarray, shape (n_views,)
-    views : ndarray, shape (n_views, 5)
+    views : ndarray, shape (n_views, 5), or (n_views, 7) with distortion
         True view parameters (:data:`tiltflow.projection.VIEW_COLUMNS`).
     points_xyz_px : ndarray, shape (n_markers, 3)
         True marker positions.
@@ -112,6 +120,9 @@ def simulate(spec: SimulationSpec) -> SimulatedSeries:
     peak = np.abs(walk).max()
     shifts = walk * (spec.shift_max_px / peak if peak > 0 else 0.0)
     views = np.column_stack([np.deg2rad(tilt), np.deg2rad(rot), scale, shifts])
+    if spec.stretch or spec.skew_deg:
+        ramp_tilt = nominal / np.abs(nominal).max()
+        views = np.column_stack([views, spec.stretch * ramp_tilt, np.deg2rad(spec.skew_deg) * ramp_tilt])
 
     # markers spread over the central field of view, on two surfaces
     half = 0.36 * min(spec.width, spec.height)

@@ -23,6 +23,8 @@ _SUBMODULE = {
     "write_tlt": "imod_text",
     "write_xf": "imod_text",
     "write_xyz": "imod_text",
+    "write_zfac": "imod_text",
+    "read_zfac": "imod_text",
     "MdocTilts": "mdoc",
     "is_mdoc": "mdoc",
     "read_mdoc": "mdoc",

@@ -95,6 +95,26 @@ def write_xf(path, xf):
             f.write("".join(f"{v:12.7f}" for v in row[:4]) + "".join(f"{v:12.4f}" for v in row[4:]) + "\n")
 
 
+def write_zfac(path, factors):
+    """Write IMOD's ``.zfac``: per view the x and y shift per unit of z from in-plane stretch
+    (:func:`tiltflow.projection.z_factors`), as tiltalign writes it (``%12.6f%12.6f``)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for fx, fy in np.asarray(factors, dtype=float).reshape(-1, 2):
+            f.write(f"{fx:12.6f}{fy:12.6f}\n")
+
+
+def read_zfac(path, n_views=None):
+    """Read a ``.zfac`` file: ndarray (n_views, 2); refuses a count other than ``n_views``."""
+    try:
+        values = np.loadtxt(path, ndmin=2)
+    except ValueError as err:
+        raise InputError(f"{path}: not a .zfac file (two numbers per line expected): {err}") from None
+    if values.shape[1] != 2 or (n_views is not None and len(values) != n_views):
+        raise InputError(f"{path}: has {len(values)} lines of {values.shape[1]} numbers; expected "
+                         f"{n_views if n_views is not None else 'one'} line(s) of 2 (x and y factor per view)")
+    return values
+
+
 def write_xyz(path, points_xyz_px, contour_ids, size_xy, pixel_size=1.0):
     """Write an IMOD fiducial ``.xyz`` file.
 

@@ -77,7 +77,8 @@ def write_alignment(prepared_path, state_path, params, series_name, out, coarse_
         (:func:`tiltflow.image_align.refine_with_markers`).
     out : mapping
         Paths for ``xf``, ``tlt``, ``xyz``, ``fiducials`` and ``summary``,
-        and optionally ``views``, ``markers`` and ``large_residuals``.
+        and optionally ``views``, ``markers``, ``large_residuals``,
+        ``resid``, ``solution`` (``taSolution.log``) and ``zfac``.
     coarse_path : str, optional
         The coarse stage's state file, whose report goes into the summary.
     threads : int
@@ -115,7 +116,9 @@ def write_alignment(prepared_path, state_path, params, series_name, out, coarse_
     if "solution" in out:
         v = result.views_table
         io.write_solution_table(out["solution"], v["rotation"], v["tilt"], v["tilt"] - v["tilt_nominal"], v["scale"],
-                                v["mean_residual"])
+                                v["mean_residual"], v["dmag"], v["skew"])
+    if "zfac" in out:
+        io.write_zfac(out["zfac"], result.zfac)
     write_json(out["summary"], result.summary)
 
 
@@ -139,11 +142,12 @@ def plot_summary(summary_tsv, out_png):
     plots.summary_plot(read_table(summary_tsv, text_columns=("series",)), out_png)
 
 
-def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_json, threads=1):
+def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_json, threads=1, zfac_path=None):
     """Rule ``reconstruct_tomogram``: weighted back-projection from the raw stack
     (:func:`tiltflow.reconstruct.reconstruct`).
 
-    Reads the series' ``.xf`` and ``.tlt`` (the same files IMOD would use),
+    Reads the series' ``.xf``, ``.tlt`` and, for a marker alignment, ``.zfac``
+    (the same files IMOD's ``tilt`` would use),
     writes ``tomogram.mrc`` (``data[z, y, x]``, voxel size in the header)
     slab by slab, and ``tomogram.json``.
     """
@@ -156,11 +160,13 @@ def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_
     options = recon_options(params)
     xf = io.read_xf(xf_path, prepared.series.n_views)
     tilts = io.read_tilts(tlt_path)
+    zfac = io.read_zfac(zfac_path, prepared.series.n_views) if zfac_path else None
     voxel = prepared.pixel_size_angstrom * options.binning
     with Stack(prepared.stack) as stack, _image_threads(threads):
         shape = volume_shape(stack.shape, options)
         with SlabWriter(out_mrc, shape, options.dtype, voxel) as writer:
-            _, stats = reconstruct(stack, xf, tilts, options, ~prepared.series.excluded, write_slab=writer.write)
+            _, stats = reconstruct(stack, xf, tilts, options, ~prepared.series.excluded, write_slab=writer.write,
+                                   zfac=zfac)
     write_json(out_json, {**stats, "voxel_size_angstrom": voxel, "threads": int(threads)})
 
 
