@@ -39,15 +39,19 @@ def test_mean_residual_close_to_imod(name):
     assert mean >= imod * 0.8  # a far lower value would mean points were lost
 
 
-def test_imod_files_are_the_solution(tmp_path):
-    """Observations mapped through the .xf alone, each marker fitted against the .tlt alone,
-    give back the residuals of fiducials.tsv (BBa, with its .prexg composed in)."""
+@pytest.mark.parametrize("distortion", ["off", "grouped"])
+def test_imod_files_are_the_solution(tmp_path, distortion):
+    """Observations mapped through the .xf alone, each marker fitted against the .tlt (and, with
+    distortion, the .zfac) alone, give back the residuals of fiducials.tsv (BBa, with its .prexg
+    composed in): IMOD's newstack/tilt reproduce the alignment from these files."""
     row = {"series": "BBa", "markers": str(realdata("imod-BB/BBa.fid")), "tilts": str(realdata("imod-BB/BBa.rawtlt")),
            "tilt_axis_angle": -12.5, "width": 512, "height": 512, "tilt_offset": -0.5,
            "prexg": str(realdata("imod-BB/BBa.prexg")), "exclude_views": "", "stack": "", "pixel_size": None}
-    out = run_steps(tmp_path, row)
+    out = run_steps(tmp_path, row, config={"align": {"distortion": distortion}, "coarse": {}, "robust": False})
     xf = io.read_xf(out["xf"])
     tilt = np.deg2rad(io.read_tilts(out["tlt"]))
+    zfac = io.read_zfac(out["zfac"], 61)
+    assert np.any(zfac != 0) == (distortion != "off")
     prexg = io.read_xf(row["prexg"])
     fid = pd.read_csv(out["fiducials"], sep="\t", dtype={"marker": str})
     assert list(fid.columns) == ["marker", "view", "tilt", "x", "y", "x_fit", "y_fit", "resid_x", "resid_y", "weight"]
@@ -63,11 +67,14 @@ def test_imod_files_are_the_solution(tmp_path):
     resid = np.zeros_like(aligned)
     for m in obs["marker"].unique():
         sel = (obs["marker"] == m).to_numpy()
-        th = tilt[v[sel]]
-        a = np.column_stack([np.cos(th), np.sin(th)])
-        xz, *_ = np.linalg.lstsq(a, aligned[sel, 0], rcond=None)
-        y = aligned[sel, 1].mean()
-        resid[sel] = np.column_stack([a @ xz, np.full(sel.sum(), y)]) - aligned[sel]
+        th, fz = tilt[v[sel]], zfac[v[sel]]
+        # aligned = (x cos t + z (sin t + fx), y + z fy): linear in the marker's (x, y, z)
+        n = sel.sum()
+        a = np.zeros((2 * n, 3))
+        a[:n, 0], a[:n, 2] = np.cos(th), np.sin(th) + fz[:, 0]
+        a[n:, 1], a[n:, 2] = 1.0, fz[:, 1]
+        xyz, *_ = np.linalg.lstsq(a, np.concatenate([aligned[sel, 0], aligned[sel, 1]]), rcond=None)
+        resid[sel] = (a @ xyz).reshape(2, n).T - aligned[sel]
     # aligned-frame residuals back to the marker (prealigned) frame
     a_tot = xf[v, :4].reshape(-1, 2, 2)
     to_marker = a_pre @ np.linalg.inv(a_tot)

@@ -292,7 +292,7 @@ def test_bad_rows_fail_alone_and_bad_points_are_reported(tmp_path):
 def test_a_tilt_offset_mode_is_refused_with_the_reason(project):
     (project / "offset.yaml").write_text(yaml.safe_dump({"tiltseries": "sheet.tsv", "align": {"tilt": "offset"}}))
     res = snakemake(project, "--configfile", "offset.yaml", "-n", check=False)
-    assert res.returncode != 0 and "'offset' is not one of ['per_view', 'fixed']" in res.stdout + res.stderr
+    assert res.returncode != 0 and "'offset' is not one of ['per_view', 'grouped', 'fixed']" in res.stdout + res.stderr
 
 
 def test_provenance_records_what_made_the_results(project):

@@ -306,23 +306,6 @@ def group_weights(n_members, anchor, size):
     return weights, centres
 
 
-def tilt_mode(options, distortion):
-    """How tilts are solved in a stage solving ``distortion``: ``options.tilt``, except that per-view
-    tilts become grouped when distortion is solved.
-
-    Per-view tilts and X-stretch together leave the specimen's thickness
-    undetermined (stretching z and re-choosing every tilt and stretch
-    reproduces every projection exactly when the reference view is at zero
-    tilt), and grouped stretch alone breaks that only weakly: on a simulated
-    series with known stretch the tilts came out 0.11 deg RMS off with
-    per-view tilts against 0.016 deg grouped.  IMOD solves distortion with
-    grouped tilts too (TiltOption 5).
-    """
-    if distortion != "off" and options.tilt == "per_view":
-        return "grouped"
-    return options.tilt
-
-
 #: How each grouped column reads its group size and which views follow it.
 _GROUP_SIZE = {ROT: "rotation_group", TILT: "tilt_group", SCALE: "scale_group", DMAG: "stretch_group",
                SKEW: "skew_group"}
@@ -345,7 +328,7 @@ def stage_groups(stage, series, state, options, distortion=None):
         columns[ROT] = (strong | (series.markers_per_view() == 2), False)
     if stage.scale and options.scale == "grouped":
         columns[SCALE] = (strong, True)
-    if stage.tilt and tilt_mode(options, distortion if stage.distortion else "off") == "grouped":
+    if stage.tilt and options.tilt == "grouped":
         columns[TILT] = (strong, stage.points)
     if stage.distortion and distortion == "grouped":
         columns[DMAG] = (strong, True)

@@ -260,8 +260,6 @@ def _tables(prepared, weight, views, points, r, loo, se, surf):
         "scale": views[:, SCALE],
         "dx": views[:, 3],
         "dy": views[:, 4],
-        "dmag": views[:, DMAG],
-        "skew": np.rad2deg(views[:, SKEW]),
         "n_markers": count_v,
         "mean_residual": mean_v,
         "leave_out_error": loo_v,
@@ -270,9 +268,11 @@ def _tables(prepared, weight, views, points, r, loo, se, surf):
         "se_scale": se.views[:, SCALE],
         "se_dx": se.views[:, 3],
         "se_dy": se.views[:, 4],
+        "status": status,
+        "dmag": views[:, DMAG],
+        "skew": np.rad2deg(views[:, SKEW]),
         "se_dmag": se.views[:, DMAG],
         "se_skew": np.rad2deg(se.views[:, SKEW]),
-        "status": status,
     })
     mean_m, count_m = per(o.marker_index, n_m, length, used)
     loo_m, _ = per(o.marker_index, n_m, np.nan_to_num(loo_len), used & np.isfinite(loo_len))
