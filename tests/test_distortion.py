@@ -20,10 +20,9 @@ from test_realdata import CASES
 from tiltflow import align, projection, simulate
 from tiltflow.diagnostics import standard_errors
 from tiltflow.model import SeriesSpec
-from tiltflow.options import AlignOptions
+from tiltflow.options import AlignOptions, ReconOptions
 from tiltflow.prepare import prepare
 from tiltflow.reconstruct import grid_matrix, view_matrices
-from tiltflow.options import ReconOptions
 
 
 def real_series(name):

@@ -572,13 +572,13 @@ def stage_distortion(stage, series, state, options, fit_weight):
     stage = get_stage(stage) if isinstance(stage, str) else stage
     if not stage.distortion or options.distortion == "off":
         return "off"
-    ratio = measured_to_unknowns(stage_layout(stage, series, state, options, fit_weight), fit_weight)
+    layout = stage_layout(stage, series, state, options, fit_weight)
+    ratio = measured_to_unknowns(layout, fit_weight)
     if ratio < options.distortion_min_ratio:
         log.warning("stage %s: distortion (%s) NOT solved: %d measured values for %s unknowns with it is a "
                     "ratio of %.2f, below align.distortion_min_ratio %.2f (too few markers); solving without it",
-                    stage.name, options.distortion, 2 * int(np.count_nonzero(fit_weight > 0)),
-                    stage_layout(stage, series, state, options, fit_weight).n_params, ratio,
-                    options.distortion_min_ratio)
+                    stage.name, options.distortion, 2 * int(np.count_nonzero(fit_weight > 0)), layout.n_params,
+                    ratio, options.distortion_min_ratio)
         return "off"
     return options.distortion
 

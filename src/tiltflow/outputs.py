@@ -14,6 +14,7 @@ from .diagnostics import covariance, leave_out, standard_errors
 from .model import AlignmentState, Prepared, Table
 from .options import AlignOptions
 from .projection import DMAG, ROT, SCALE, SKEW, TILT
+from .stages import get_stage
 from .surfaces import fit_surfaces
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
 def _distortion_summary(state, views, aligned):
     """``summary.json`` -> ``distortion``: the mode solved and the range of stretch and skew."""
     solved = [st.distortion for st in state.stages if st.distortion != "off"]
-    fell_back = [st.name for st in state.stages if st.distortion == "off" and st.name in ("tilt", "polish")]
+    fell_back = [st.name for st in state.stages if st.distortion == "off" and get_stage(st.name).distortion]
     out = {
         "mode": state.stages[-1].distortion if state.stages else "off",
         "dmag_range": [float(views[aligned, DMAG].min()), float(views[aligned, DMAG].max())],

@@ -124,16 +124,33 @@ class SchurStructure:
             self.k_cols = np.concatenate([POINT_COLS, slot_cols])
             kpos = np.concatenate([self.kpos_point[marker_index],
                                    self.kpos_view[view_index].reshape(len(view_index), N_SLOTS)[:, slot_cols]], axis=1)
-        self._view_index = np.asarray(view_index, dtype=np.int64)
         self._obs_layout = (group_of_obs, np.where(kpos >= 0, kpos, m))
         self._targets = None
+        # per observation and column of each side: which base derivative (N_VIEW view columns, then
+        # x, y, z) it takes and with what weight (slot weight, 0 where held); fixed for the layout
+        n_obs = len(view_index)
+        slot_w = self.view_weight[view_index].reshape(n_obs, N_SLOTS)
+
+        def sources(cols):
+            src = np.where(cols < N_SLOTS, cols // 2, N_VIEW + cols - N_SLOTS)
+            wt = np.ones((n_obs, len(cols)))
+            slots = cols < N_SLOTS
+            wt[:, slots] = slot_w[:, cols[slots]]
+            return src, wt
+
+        self._e_src, self._e_wt = sources(self.e_cols)
+        self._e_wt *= self.e_free[group_of_obs]
+        # block columns some group uses (the numpy assembly skips the others: e.g. the distortion
+        # columns of the view blocks when distortion is off)
+        self._e_used = np.flatnonzero(self.e_free.any(axis=0))
+        self._k_src, self._k_wt = sources(self.k_cols)
 
     def zeros(self):
         """Zeroed arrays ``(hee, hek, hkk, ge, gk)`` for the compiled kernel."""
         b, m, ng = self.block_size, self.n_kept, self.n_groups
         return np.zeros((ng, b, b)), np.zeros((ng, b, m)), np.zeros((m, m)), np.zeros((ng, b)), np.zeros(m)
 
-    def blocks(self, jac_view, jac_point):
+    def blocks(self, jac_view, jac_point, compact=False):
         """The eliminated-side and kept-side Jacobian blocks of every observation.
 
         Parameters
@@ -152,11 +169,16 @@ class SchurStructure:
             Derivatives by kept unknowns.
         kpos : ndarray of int, shape (n_obs, nk)
             Their kept positions; ``n_kept`` (a dummy row) where held.
+
+        With ``compact``, ``je`` has only the block columns some group uses
+        (``_e_used``) instead of all ``b``.
         """
         g, kpos = self._obs_layout
-        jac = expand_jacobian(jac_view, jac_point, self.view_weight[self._view_index])
-        je = jac[:, :, self.e_cols] * self.e_free[g][:, None, :]
-        return g, je, jac[:, :, self.k_cols], kpos
+        base = np.concatenate([jac_view, jac_point], axis=2)
+        e = self._e_used if compact else slice(None)
+        je = base[:, :, self._e_src[e]] * self._e_wt[:, None, e]
+        jk = base[:, :, self._k_src] * self._k_wt[:, None, :]
+        return g, je, jk, kpos
 
     def _numpy_targets(self):
         """Scatter targets of the pure-numpy assembly (built on first use)."""
@@ -164,7 +186,7 @@ class SchurStructure:
             g, kpos = self._obs_layout
             b, m = self.block_size, self.n_kept
             mp = m + 1
-            ib = np.arange(b)
+            ib = self._e_used
             self._targets = {
                 "ee": ((g[:, None, None] * b + ib[None, :, None]) * b + ib[None, None, :]).ravel(),
                 "ek": ((g[:, None, None] * b + ib[None, :, None]) * mp + kpos[:, None, :]).ravel(),
@@ -192,7 +214,7 @@ class SchurStructure:
         b, m, ng = self.block_size, self.n_kept, self.n_groups
         mp = m + 1
         t = self._numpy_targets()
-        _, je, jk, _ = self.blocks(jac_view, jac_point)
+        _, je, jk, _ = self.blocks(jac_view, jac_point, compact=True)
         hee = np.bincount(t["ee"], _atb(je, je), minlength=ng * b * b).reshape(ng, b, b)
         hek = np.bincount(t["ek"], _atb(je, jk), minlength=ng * b * mp).reshape(ng, b, mp)[:, :, :m]
         hkk = np.bincount(t["kk"], _atb(jk, jk), minlength=mp * mp).reshape(mp, mp)[:m, :m]
