@@ -139,6 +139,7 @@ rule write_alignment:
         resid="results/{series}/{series}.resid",
         solution="results/{series}/taSolution.log",
         zfac="results/{series}/{series}.zfac",
+        xtilt="results/{series}/{series}.xtilt",
     params:
         options=write_alignment_params,
     threads: stack_resource("coarse", "threads")

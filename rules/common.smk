@@ -90,6 +90,14 @@ def series_zfac(wildcards):
     return [f"results/{s}/{s}.zfac"] if s in MARKER_SERIES else []
 
 
+def series_surfaces(wildcards):
+    """The summary.json whose surface analysis places the tomogram, when reconstruct.flatten is on and
+    the series has markers (not an input otherwise: a rewritten summary does not re-run the tomogram)."""
+    s = wildcards.series
+    flatten = bool((config.get("reconstruct") or {}).get("flatten"))
+    return [f"results/{s}/summary.json"] if flatten and s in MARKER_SERIES else []
+
+
 def provenance_inputs(wildcards):
     """The series' final results (their times bound the run) and its input files (hashed)."""
     s = wildcards.series
@@ -175,7 +183,7 @@ def plot_output(name):
 
 def all_outputs():
     common = ["{series}.xf", "{series}.tlt", "summary.json", "coarse.xf", "views.tsv"]
-    markers = ["{series}.xyz", "{series}.resid", "{series}.zfac", "taSolution.log", "fiducials.tsv", "markers.tsv",
+    markers = ["{series}.xyz", "{series}.resid", "{series}.zfac", "{series}.xtilt", "taSolution.log", "fiducials.tsv", "markers.tsv",
                "large_residuals.tsv", "plots/residual_vs_tilt.png"]
     files = [f"results/{s}/{f.format(series=s)}" for s in SERIES for f in common]
     files += [f"results/{s}/{f.format(series=s)}" for s in MARKER_SERIES for f in markers]

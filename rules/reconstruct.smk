@@ -8,6 +8,7 @@ rule reconstruct_tomogram:
         xf="results/{series}/{series}.xf",
         tlt="results/{series}/{series}.tlt",
         zfac=series_zfac,
+        surfaces=series_surfaces,
     output:
         tomogram="results/{series}/tomogram.mrc",
         stats="results/{series}/tomogram.json",

@@ -13,4 +13,5 @@ run_logged(
     snakemake.output.stats,
     snakemake.threads,
     snakemake.input.zfac[0] if snakemake.input.zfac else None,
+    snakemake.input.surfaces[0] if snakemake.input.surfaces else None,
 )

@@ -49,7 +49,7 @@ def run_steps(folder, row, tag="run", config=None):
     """The workflow's alignment rules, called directly in order (what Snakemake runs).
 
     Returns the output paths (``xf``, ``tlt``, ``xyz``, ``fiducials``,
-    ``summary``, ``resid``, ``solution``, ``zfac``, ``coarse_xf``, ``prepared``).
+    ``summary``, ``resid``, ``solution``, ``zfac``, ``xtilt``, ``coarse_xf``, ``prepared``).
     """
     from tiltflow.stages import STAGE_NAMES
     from tiltflow.workflow import config as wconfig
@@ -60,7 +60,7 @@ def run_steps(folder, row, tag="run", config=None):
     prepared = folder / f"{tag}.prepared.json"
     steps.import_markers(row, prepared)
     coarse_state = folder / f"{tag}.coarse.json"
-    names = ("xf", "tlt", "xyz", "fiducials", "summary", "resid", "solution", "zfac")
+    names = ("xf", "tlt", "xyz", "fiducials", "summary", "resid", "solution", "zfac", "xtilt")
     out = {k: folder / f"{tag}.{k}" for k in names}
     out["coarse_xf"] = folder / f"{tag}.coarse.xf"
     steps.align_coarse(prepared, wconfig.coarse_params(config, bool(row.get("stack"))), coarse_state, out["coarse_xf"])

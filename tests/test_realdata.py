@@ -53,6 +53,21 @@ def test_imod_files_are_the_solution(tmp_path, distortion):
     tilt = np.deg2rad(io.read_tilts(out["tlt"]))
     zfac = io.read_zfac(out["zfac"], 61)
     assert np.any(zfac != 0) == (distortion != "off")
+    # .xtilt as tiltalign writes it without a solved X-axis tilt (compare midzone2a.xtilt): 61 lines "   0.00"
+    assert out["xtilt"].read_text() == (realdata("imod-midzone2/midzone2a.xtilt").read_text().splitlines()[0] + "\n") * 61
+    np.testing.assert_array_equal(io.read_xtilt(out["xtilt"], 61), 0.0)
+    summary = json.loads(out["summary"].read_text())
+    if distortion == "off":
+        assert "without" not in summary["distortion"]
+    else:
+        # the per-run comparison: the last stage solved again without distortion, and which predicts better
+        without = summary["distortion"]["without"]
+        print(f"BBa leave-out with distortion {summary['leave_out_error']:.4f}, without {without['leave_out_error']:.4f}"
+              f" px; mean residual {summary['mean_residual']:.4f} vs {without['mean_residual']:.4f}")
+        assert without["mean_residual"] > summary["mean_residual"]
+        assert without["leave_out_ratio_with_to_without"] == pytest.approx(
+            summary["leave_out_error"] / without["leave_out_error"])
+        assert without["leave_out_ratio_with_to_without"] < 1.0
     prexg = io.read_xf(row["prexg"])
     fid = pd.read_csv(out["fiducials"], sep="\t", dtype={"marker": str})
     assert list(fid.columns) == ["marker", "view", "tilt", "x", "y", "x_fit", "y_fit", "resid_x", "resid_y", "weight"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_steps, series_from_sim
 
-from tiltflow import align, io, projection, reconstruct, simulate
+from tiltflow import align, io, projection, reconstruct, simulate, surfaces
 from tiltflow.workflow import steps
 from tiltflow.io.mrc import write_stack
 
@@ -173,9 +173,18 @@ def test_beads_sit_at_the_xyz_positions(scene, tmp_path, monkeypatch):
     assert stats["compile_seconds"] >= 1.0 and stats["seconds"] < 1.0 and stats["oversampling"] == 16
     assert stats["updates_per_second"] == pytest.approx(stats["voxels"] * stats["views"] / stats["seconds"])
     _, xyz = io.read_xyz(out["xyz"])
-    nz = vol.shape[0]
+    errors = bead_errors(vol, xyz, b)
+    print(f"bead position error (voxels): max {errors.max(axis=0)}, mean {errors.mean(axis=0)}")
+    assert np.all(errors <= 1.0)
+    assert stats["kernel"] == "numba" and stats["placement"] is None
+
+
+def bead_errors(vol, xyz_image_px, b):
+    """|found - expected| voxel index (z, y, x) of the dark bead nearest each expected position
+    ``(x, y, z)``: x, y in image pixels (origin at the corner), z from the volume's middle."""
+    nz, ny, nx = vol.shape
     errors = []
-    for x, y, z in xyz:
+    for x, y, z in xyz_image_px:
         # expected voxel (index coordinates, centres at integers)
         e = np.array([z / b + nz / 2 - 0.5, y / b - 0.5, x / b - 0.5])
         lo = np.maximum(np.round(e).astype(int) - 3, 0)
@@ -188,6 +197,113 @@ def test_beads_sit_at_the_xyz_positions(scene, tmp_path, monkeypatch):
         grid = np.indices(w.shape).reshape(3, -1).T + [s.start for s in sl]
         found = (grid * w.reshape(-1, 1)).sum(0) / w.sum()
         errors.append(np.abs(found - e))
-    errors = np.array(errors)
-    print(f"bead position error (voxels): max {errors.max(axis=0)}, mean {errors.mean(axis=0)}")
+    return np.array(errors)
+
+
+def test_section_placement_levels_a_tilted_section():
+    """Markers on two planes tilted about y and x: the placement from their surface fit puts each
+    plane at one tomogram z, the section's middle at z = 0, and is a rotation."""
+    rng = np.random.default_rng(3)
+    slope_x, slope_y, middle, thickness = 0.14, -0.06, 17.0, 80.0
+    xy = rng.uniform(-400, 400, (60, 2))
+    side = np.where(np.arange(60) % 2, 0.5, -0.5)
+    z = middle + side * thickness + slope_x * xy[:, 0] + slope_y * xy[:, 1] + rng.normal(0, 0.3, 60)
+    points = np.column_stack([xy, z])
+    fit = surfaces.fit_surfaces(points)
+    assert fit.n_surfaces == 2
+    placement = reconstruct.section_placement(fit.slope_x, fit.slope_y, fit.z_shift_px)
+    r = placement.matrix[:, :3]
+    np.testing.assert_allclose(r.T @ r, np.eye(3), atol=1e-12)
+    assert np.linalg.det(r) == pytest.approx(1.0)
+    assert placement.tilt_offset_deg == pytest.approx(-np.degrees(np.arctan(slope_x)), abs=0.05)
+    assert placement.x_axis_tilt_deg == pytest.approx(-np.degrees(np.arctan(slope_y)), abs=0.05)
+    tomo = placement.to_tomogram(points)
+    # each surface level (its spread is the noise), the two symmetric about z = 0, thickness along the normal
+    for s in (-0.5, 0.5):
+        assert np.std(tomo[side == s, 2]) < 0.5
+    top, bottom = np.mean(tomo[side == 0.5, 2]), np.mean(tomo[side == -0.5, 2])
+    assert (top + bottom) / 2 == pytest.approx(0.0, abs=0.2)
+    assert top - bottom == pytest.approx(thickness / np.sqrt(1 + slope_x**2 + slope_y**2), abs=0.3)
+    assert np.std(points[side == 0.5, 2]) > 20  # unflattened, the surface spreads over z
+    # the grid maps a voxel's tomogram coordinates through the placement; z_offset moves along the normal
+    opts = reconstruct.ReconOptions(thickness_px=40, binning=2, z_offset_px=6.0)
+    g0 = reconstruct.grid_matrix((128, 128), opts)
+    g = reconstruct.grid_matrix((128, 128), opts, placement.matrix)
+    v = np.array([10.0, 30.0, 5.0, 1.0])
+    np.testing.assert_allclose(g @ v, r @ (g0 @ v) + placement.matrix[:, 3])
+    np.testing.assert_allclose(placement.to_tomogram((g @ v)[None])[0], g0 @ v, atol=1e-9)
+
+
+def test_voxel_kernel_is_the_exact_sampling():
+    """Geometries off the line tables (x and z steps not parallel): the compiled per-voxel kernel
+    equals the exact numpy reference, and reconstruct() switches to it."""
+    from tiltflow._image_kernels import backproject_voxels
+
+    rng = np.random.default_rng(0)
+    views = rng.normal(size=(3, 23, 27)).astype(np.float32)
+    mats = np.zeros((3, 2, 4))
+    for j in range(3):
+        mats[j] = [[0.9, 0.05, 0.3, 2.0 + j], [0.02, 1.0, 0.15 * (j - 1), 1.5]]
+    assert not reconstruct.on_lines(mats).any()
+    weights = np.array([0.5, 1.0, 0.7])
+    a = np.zeros((12, 9, 20), dtype=np.float32)
+    e = np.zeros_like(a)
+    backproject_voxels(views, mats, weights, a)
+    reconstruct.backproject_exact(views, mats, weights, e)
+    np.testing.assert_allclose(a, e, atol=2e-5)
+    with pytest.raises(ValueError, match="not parallel"):
+        reconstruct.line_tables(mats, 12, 20, 4)
+    # an alignment with skew (.zfac y factors): reconstruct() takes the per-voxel kernel, equal to "exact"
+    tilt = np.linspace(-50, 50, 5)
+    xf = np.tile([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], (5, 1))
+    zfac = np.column_stack([0.01 * np.sin(np.deg2rad(tilt)), -np.tan(np.deg2rad(0.5)) * np.tan(np.deg2rad(tilt))])
+    stack = rng.normal(size=(5, 32, 32)).astype(np.float32)
+    opts = reconstruct.ReconOptions(thickness_px=16, binning=1)
+    fast, stats = reconstruct.reconstruct(stack, xf, tilt, opts, zfac=zfac)
+    exact, _ = reconstruct.reconstruct(stack, xf, tilt, opts, zfac=zfac, kernel="exact")
+    assert stats["kernel"] == "voxels"
+    np.testing.assert_allclose(fast, exact, atol=1e-4 * np.abs(exact).max())
+
+
+def test_flattened_tomogram_holds_the_section_level(tmp_path):
+    """A specimen tilted by 7 deg about the tilt axis (all tilts off by 7 deg; the alignment cannot see
+    a tilt offset, so its section is tilted): with reconstruct.flatten the beads sit at the placement's
+    tomogram coordinates of the .xyz, each surface at one z, and tomogram.json says what was applied."""
+    spec = simulate.SimulationSpec(n_views=31, n_markers=14, n_full_tracks=14, width=192, height=192,
+                                   thickness_px=40.0, tilt_axis_deg=-6.0, shift_max_px=10.0, noise_px=0.2,
+                                   tilt_offset_deg=7.0, seed=11)
+    sim = simulate.simulate(spec)
+    views = simulate.render_stack(sim, spec.thickness_px, simulate.RenderSpec(n_blobs=500, dose=500.0, seed=11))
+    io.write_markers_csv(tmp_path / "m.csv", sim.marker + 1, sim.view, sim.xy_px)
+    (tmp_path / "t.rawtlt").write_text("".join(f"{t:.2f}\n" for t in sim.nominal_tilt_deg))
+    write_stack(tmp_path / "s.mrc", np.round(views).astype(np.int16), pixel_size_angstrom=7.0)
+    row = {"series": "s", "markers": str(tmp_path / "m.csv"), "tilts": str(tmp_path / "t.rawtlt"),
+           "tilt_axis_angle": -5.0, "stack": str(tmp_path / "s.mrc"), "width": None, "height": None}
+    out = run_steps(tmp_path, row, "s")
+    summary = json.loads(out["summary"].read_text())
+    assert summary["surfaces"]["tilt_offset_deg"] == pytest.approx(7.0, abs=1.0)  # IMOD: add to every tilt
+    b = 2
+    params = {"reconstruct": {"thickness": 60, "binning": b, "flatten": True}}
+    steps.reconstruct_tomogram(out["prepared"], out["xf"], out["tlt"], params, tmp_path / "flat.mrc",
+                               tmp_path / "flat.json", threads=2, zfac_path=out["zfac"], summary_path=out["summary"])
+    stats = json.loads((tmp_path / "flat.json").read_text())
+    assert stats["kernel"] == "voxels"
+    placement = stats["placement"]
+    assert placement["tilt_offset_deg"] == pytest.approx(summary["surfaces"]["tilt_offset_deg"])
+    assert placement["x_axis_tilt_deg"] == pytest.approx(summary["surfaces"]["x_axis_tilt_deg"])
+    with mrcfile.open(tmp_path / "flat.mrc") as m:
+        vol = m.data.copy()
+    _, xyz = io.read_xyz(out["xyz"])
+    centre = np.array([spec.width / 2, spec.height / 2, 0.0])
+    tomo = reconstruct.Placement(np.array(placement["matrix"]), 0, 0, 0).to_tomogram(xyz - centre) + centre
+    errors = bead_errors(vol, tomo, b)
+    print(f"flattened bead position error (voxels): max {errors.max(axis=0)}, mean {errors.mean(axis=0)}")
     assert np.all(errors <= 1.0)
+    # level: each surface's beads at one tomogram z (their spread is the simulation's), unlike the frame's z
+    top = tomo[:, 2] > 0
+    spread = max(np.std(tomo[top, 2]), np.std(tomo[~top, 2]))
+    frame_spread = max(np.std(xyz[xyz[:, 2] > xyz[:, 2].mean(), 2]), np.std(xyz[xyz[:, 2] <= xyz[:, 2].mean(), 2]))
+    print(f"surface z spread: flattened {spread:.2f} px, unflattened {frame_spread:.2f} px")
+    assert spread < 0.6 * frame_spread
+    # without markers' surfaces nothing is flattened (warned), never an error
+    assert steps.tomogram_placement(reconstruct.ReconOptions(flatten=True), None) is None

@@ -36,6 +36,7 @@ CHANGED = {
     "reconstruct.thickness": 100,
     "reconstruct.binning": 4,
     "reconstruct.z_offset": 4.0,
+    "reconstruct.flatten": True,
     "reconstruct.lowpass_cutoff": 0.3,
     "reconstruct.lowpass_sigma": 0.05,
     "reconstruct.sirt_iterations": 5,

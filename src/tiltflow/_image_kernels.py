@@ -349,3 +349,65 @@ def own_reprojection(sino, cos_t, sin_t, nz, nx, out):  # pragma: no cover - com
                             val += f * sino[b, j, q0 + 1]
                         acc += w * val
             out[b, j, i] = acc
+
+
+@njit(cache=True, parallel=True, fastmath=_MATH, error_model="numpy")
+def backproject_voxels(views, matrices, weights, out):  # pragma: no cover - compiled
+    """Accumulate every view into a slab of voxels, each sampled at its exact position.
+
+    For geometries whose voxel x and z steps are not parallel in a view (a
+    section flattened about x, the skew of a distortion model): each voxel
+    ``(ix, iy, k)`` takes the bilinear value at ``m @ (ix, iy, k, 1)``, zero
+    outside ``[0, n - 1)`` in either direction (as ``backproject_exact``).
+
+    Parameters
+    ----------
+    views : float32 (n_views, ny + 3, nx + 3)
+        Filtered, padded views.
+    matrices : float64 (n_views, 2, 4)
+        Voxel index -> padded view index position ``(col, row)``.
+    weights : float64 (n_views,)
+    out : float32 (nz, ny_block, nx)
+        Accumulated into.
+    """
+    n = views.shape[0]
+    nyp, nxp = views.shape[1], views.shape[2]
+    nzb, nyb, nxb = out.shape
+    nxi = np.int32(nxp)
+    for iy in prange(nyb):
+        acc = np.zeros((nzb, nxb), dtype=np.float32)
+        for j in range(n):
+            m = matrices[j]
+            w = np.float32(weights[j])
+            flat = views[j].reshape(nyp * nxp)
+            dc = m[0, 0]
+            dr = m[1, 0]
+            for k in range(nzb):
+                c0 = m[0, 1] * iy + m[0, 2] * k + m[0, 3]
+                r0 = m[1, 1] * iy + m[1, 2] * k + m[1, 3]
+                # the ix whose sample lies inside [0, n - 1) in both directions: no tests in the loop
+                lo, hi = _clip_range(c0, dc, nxp - 1.0, 0.0, float(nxb - 1))
+                lo, hi = _clip_range(r0, dr, nyp - 1.0, lo, hi)
+                i0 = max(0, int(np.ceil(lo)))
+                i1 = min(nxb, int(np.floor(hi)) + 1)
+                row = acc[k]
+                for ix in range(i0, i1):
+                    c = c0 + dc * ix
+                    r = r0 + dr * ix
+                    if c < 0.0 or r < 0.0:  # rounding at the range's ends
+                        continue
+                    ci = np.int32(c)
+                    ri = np.int32(r)
+                    u = c - ci
+                    v = r - ri
+                    p = np.int32(ri * nxi + ci)
+                    a = _load(flat, p)
+                    b = _load(flat, np.int32(p + 1))
+                    d = _load(flat, np.int32(p + nxi))
+                    e = _load(flat, np.int32(p + nxi + 1))
+                    row[ix] += w * np.float32(a + u * (b - a) + v * (d - a) + u * v * (a - b - d + e))
+        for k in range(nzb):
+            orow = out[k, iy]
+            arow = acc[k]
+            for ix in range(nxb):
+                orow[ix] += arow[ix]

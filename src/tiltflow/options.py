@@ -223,7 +223,14 @@ class ReconOptions:
         1, 2, 4 or 8: views are binned by averaging once, voxels are
         ``binning`` pixels wide.
     z_offset_px : float
-        Unbinned pixels by which the slab centre sits above the tilt axis.
+        Unbinned pixels by which the slab centre sits above the tilt axis
+        (IMOD's AxisZShift); with ``flatten``, above the section's middle.
+    flatten : bool
+        Place the volume along the section found by the surface analysis
+        of a marker alignment (``summary.json`` -> ``surfaces``): rotated
+        by its X-axis tilt and tilt offset so that the section is level,
+        and shifted so that its middle is the tomogram's middle.  Series
+        aligned without markers are reconstructed unflattened (warned).
     lowpass_cutoff : float
         Radial low-pass cut-off, cycles per (binned) pixel (IMOD RADIAL first value).
     lowpass_sigma : float
@@ -249,6 +256,7 @@ class ReconOptions:
     thickness_px: int = 200
     binning: int = 2
     z_offset_px: float = 0.0
+    flatten: bool = False
     lowpass_cutoff: float = 0.35
     lowpass_sigma: float = 0.035
     sirt_iterations: int = 0

@@ -57,11 +57,14 @@ def volume_shape(image_shape, options):
     return (max(1, int(options.thickness_px) // b), image_shape[0] // b, image_shape[1] // b)
 
 
-def grid_matrix(image_shape, options):
+def grid_matrix(image_shape, options, placement=None):
     """Voxel index ``(ix, iy, iz, 1)`` -> frame position ``(x, y, z)``, unbinned pixels; shape (3, 4).
 
-    Voxel centres: ``x = (ix + 0.5) b - nx / 2`` (and likewise y), ``z =
-    (iz + 0.5 - nz / 2) b + z_offset``.
+    Voxel centres in tomogram coordinates: ``x = (ix + 0.5) b - nx / 2``
+    (and likewise y), ``z = (iz + 0.5 - nz / 2) b + z_offset``.  Without
+    ``placement`` these are the frame positions; with it (a (3, 4) affine
+    map tomogram coordinates -> frame, :func:`section_placement`) the
+    volume follows the section.
     """
     b = options.binning
     nz, _, _ = volume_shape(image_shape, options)
@@ -71,7 +74,68 @@ def grid_matrix(image_shape, options):
     g[0, 3] = 0.5 * b - nx / 2.0
     g[1, 3] = 0.5 * b - ny / 2.0
     g[2, 3] = (0.5 - nz / 2.0) * b + options.z_offset_px
+    if placement is not None:
+        placement = np.asarray(placement, dtype=float)
+        g = placement[:, :3] @ g
+        g[:, 3] += placement[:, 3]
     return g
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the tomogram sits in the alignment frame (IMOD's positioning step).
+
+    Attributes
+    ----------
+    matrix : ndarray (3, 4)
+        Tomogram coordinates ``(x, y, z, 1)`` -> frame ``(x, y, z)``, unbinned
+        pixels: the columns of ``matrix[:, :3]`` are the tomogram's axes (z
+        along the section normal), ``matrix[:, 3]`` the section's middle
+        on the tilt axis.
+    tilt_offset_deg : float
+        The rotation about y it applies (IMOD's tilt-angle offset, as the
+        surface analysis reports it).
+    x_axis_tilt_deg : float
+        The rotation about x (IMOD's X-axis tilt).
+    z_shift_px : float
+        Frame z of the section's middle moved to the tomogram's z = 0 is
+        ``-z_shift_px`` (IMOD's z shift, as the surface analysis reports it).
+    """
+
+    matrix: np.ndarray
+    tilt_offset_deg: float
+    x_axis_tilt_deg: float
+    z_shift_px: float
+
+    def to_dict(self):
+        return {"tilt_offset_deg": self.tilt_offset_deg, "x_axis_tilt_deg": self.x_axis_tilt_deg,
+                "z_shift_px": self.z_shift_px, "matrix": self.matrix.tolist()}
+
+    def to_tomogram(self, points_xyz_px):
+        """Frame positions ``(n, 3)`` -> tomogram coordinates ``(n, 3)`` (unbinned pixels, centred)."""
+        r, c = self.matrix[:, :3], self.matrix[:, 3]
+        return (np.asarray(points_xyz_px, dtype=float) - c) @ r
+
+
+def section_placement(slope_x, slope_y, z_shift_px):
+    """The :class:`Placement` that makes a section level and centres it.
+
+    The section's middle is the plane ``z = -z_shift_px + slope_x x +
+    slope_y y`` of the frame (the surface analysis' shared slopes and the
+    z shift that centres it, :class:`tiltflow.surfaces.SurfaceFit`).  The
+    tomogram's z axis is the plane's normal, its x axis the plane's
+    direction over frame x, so that voxels at tomogram z = 0 lie on the
+    plane.
+    """
+    normal = np.array([-slope_x, -slope_y, 1.0])
+    z_axis = normal / np.linalg.norm(normal)
+    x_axis = np.array([1.0, 0.0, slope_x]) / np.hypot(1.0, slope_x)  # in the plane: normal . x_axis = 0
+    y_axis = np.cross(z_axis, x_axis)
+    matrix = np.zeros((3, 4))
+    matrix[:, 0], matrix[:, 1], matrix[:, 2] = x_axis, y_axis, z_axis
+    matrix[2, 3] = -z_shift_px
+    return Placement(matrix, float(-np.degrees(np.arctan(slope_x))), float(-np.degrees(np.arctan(slope_y))),
+                     float(z_shift_px))
 
 
 def view_matrices(xf, tilt_deg, image_shape, grid, binning, zfac=None):
@@ -214,16 +278,15 @@ def line_tables(matrices, nz, nx, oversampling):
     Raises ``ValueError`` when a view's x and z columns are not parallel
     (not a tilt about y) or the view is seen edge-on (|tilt| ~ 90 deg).
     """
-    m0, m2 = matrices[:, :, 0], matrices[:, :, 2]
+    m0 = matrices[:, :, 0]
     norm2 = (m0**2).sum(axis=1)
     step = np.sqrt(norm2)
     bad = np.flatnonzero(step < 1e-3)
     if len(bad):
         raise ValueError(f"view {int(bad[0])}: the voxel x step projects to {step[bad[0]]:.2g} pixel "
                          "(tilt too close to 90 degrees to back-project)")
-    ratio = (m0 * m2).sum(axis=1) / norm2
-    off_line = np.abs(m2 - ratio[:, None] * m0).max(axis=1)
-    bad = np.flatnonzero(off_line > 1e-9 * (1 + np.abs(m2).max(axis=1)))
+    ratio = (m0 * matrices[:, :, 2]).sum(axis=1) / norm2
+    bad = np.flatnonzero(~on_lines(matrices))
     if len(bad):
         raise ValueError(f"view {int(bad[0])}: voxel x and z steps are not parallel in the view "
                          "(the geometry is not a tilt about y)")
@@ -236,6 +299,15 @@ def line_tables(matrices, nz, nx, oversampling):
     assert offsets.min() >= 0 and np.all(offsets.max(axis=1) // phases + nx <= span)
     starts = (offsets % phases[:, None]) * span[:, None] + offsets // phases[:, None]
     return LineTables(ratio, phases, s_min, span, offsets, starts)
+
+
+def on_lines(matrices):
+    """Per view: do the voxel x and z steps of ``matrices`` (n, 2, 4) project parallel (a tilt about y,
+    so that a row of voxels falls on one line of the view, :func:`line_tables`)?"""
+    m0, m2 = matrices[:, :, 0], matrices[:, :, 2]
+    ratio = (m0 * m2).sum(axis=1) / np.maximum((m0**2).sum(axis=1), 1e-300)
+    off_line = np.abs(m2 - ratio[:, None] * m0).max(axis=1)
+    return off_line <= 1e-9 * (1 + np.abs(m2).max(axis=1))
 
 
 def pad_views(n_views, shape):
@@ -303,6 +375,17 @@ def _warm_up(kernel):
     return time.perf_counter() - t0
 
 
+def _warm_up_voxels():
+    """Compile (or load) the per-voxel kernel; returns the seconds it took."""
+    from ._image_kernels import backproject_voxels
+
+    t0 = time.perf_counter()
+    mats = np.zeros((1, 2, 4))
+    mats[0, 0, 0] = mats[0, 1, 1] = 1.0
+    backproject_voxels(pad_views(1, (4, 4)), mats, np.ones(1), np.zeros((1, 1, 4), dtype=np.float32))
+    return time.perf_counter() - t0
+
+
 def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_slab=None, kernel="numba",
                 grid=None, shape=None, zfac=None):
     """Weighted back-projection of a tilt series.
@@ -325,6 +408,10 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
         The compiled line-table kernel (default), its numpy twin (same
         tables, same result to float32 precision), or exact per-voxel
         positions (numpy, slow; the reference for the table's rounding).
+        Where a view's voxel x and z steps are not parallel (X-axis tilt,
+        skew) ``"numba"`` samples every voxel at its exact position with a
+        compiled kernel (reported as ``"voxels"``) and ``"numpy"`` falls
+        back to ``"exact"``.
     grid : ndarray (3, 4), optional
         Voxel index -> frame position; default :func:`grid_matrix`.
     shape : (nz, ny, nx), optional
@@ -340,9 +427,9 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
         ``seconds`` (back-projection, JIT compilation excluded),
         ``compile_seconds``, ``filter_seconds``, ``voxels``, ``views``,
         ``oversampling``, ``shape_zyx``, ``binning``, ``thickness_px``,
-        ``updates_per_second``.
+        ``updates_per_second``, ``kernel`` (the one used).
     """
-    from ._image_kernels import backproject_lines
+    from ._image_kernels import backproject_lines, backproject_voxels
 
     if kernel not in ("numba", "numpy", "exact"):
         raise ValueError(f"kernel must be 'numba', 'numpy' or 'exact', got {kernel!r}")
@@ -365,8 +452,15 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
     mats[:, :, 3] += 1.0  # the padded views' border
     weights = tilt_weights(np.asarray(tilt_deg)[idx]) * 0.5  # ramp and interval: sum approximates the inverse
     nz, ny, nx = shape
-    tables = line_tables(mats, nz, nx, options.oversampling)
-    compile_seconds = _warm_up(backproject_lines) if kernel == "numba" else 0.0
+    lines = bool(on_lines(mats).all())
+    if not lines and kernel != "exact":
+        # a section flattened about x, or a skew: a row of voxels no longer falls on one line of a view
+        log.info("back-projection: voxel x and z steps are not parallel in every view (X-axis tilt or skew); "
+                 "every voxel is sampled at its exact position (kernel %s)", "voxels" if kernel == "numba" else "exact")
+        kernel = "voxels" if kernel == "numba" else "exact"
+    tables = line_tables(mats, nz, nx, options.oversampling) if lines else None
+    compile_seconds = (_warm_up(backproject_lines) if kernel == "numba"
+                       else _warm_up_voxels() if kernel == "voxels" else 0.0)
     volume = None if write_slab else np.empty(shape, dtype=options.dtype)
     seconds = 0.0
     for y0 in range(0, ny, options.slab_rows):
@@ -377,6 +471,8 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
         t1 = time.perf_counter()
         if kernel == "numba":
             backproject_lines(filtered, m, weights, tables.phases, tables.s_min, tables.span, tables.starts, block)
+        elif kernel == "voxels":
+            backproject_voxels(filtered, m, weights, block)
         elif kernel == "numpy":
             backproject_numpy(filtered, m, weights, tables, block)
         else:
@@ -388,7 +484,7 @@ def reconstruct(views, xf, tilt_deg, options=ReconOptions(), usable=None, write_
             volume[:, y0:y0 + rows] = block
     voxels, n_used = int(nz * ny * nx), int(len(idx))
     stats = {"seconds": seconds, "filter_seconds": filter_seconds, "voxels": voxels, "views": n_used,
-             "oversampling": int(options.oversampling), "compile_seconds": compile_seconds,
+             "oversampling": int(options.oversampling), "compile_seconds": compile_seconds, "kernel": kernel,
              "shape_zyx": [int(nz), int(ny), int(nx)], "binning": int(b), "thickness_px": int(options.thickness_px),
              "updates_per_second": voxels * n_used / max(seconds, 1e-9)}
     log.info("back-projection: %d voxels x %d views in %.2f s (%.3g voxel-view updates/s); filtering %.2f s",

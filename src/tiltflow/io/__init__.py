@@ -24,6 +24,8 @@ _SUBMODULE = {
     "write_xf": "imod_text",
     "write_xyz": "imod_text",
     "write_zfac": "imod_text",
+    "write_xtilt": "imod_text",
+    "read_xtilt": "imod_text",
     "read_zfac": "imod_text",
     "MdocTilts": "mdoc",
     "is_mdoc": "mdoc",

@@ -115,6 +115,27 @@ def read_zfac(path, n_views=None):
     return values
 
 
+def write_xtilt(path, xtilt_deg):
+    """Write IMOD's ``.xtilt`` (``XTILTFILE`` of ``tilt``): the X-axis tilt of each view in degrees,
+    as tiltalign writes it (``%7.2f``); all 0 when the alignment solves no X-axis tilt (tiltflow's
+    model: a global X-axis tilt is absorbed by the 3D positions)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for value in np.asarray(xtilt_deg, dtype=float).ravel():
+            f.write(f"{value:7.2f}\n")
+
+
+def read_xtilt(path, n_views=None):
+    """Read a ``.xtilt`` file: ndarray (n_views,) of degrees; refuses a count other than ``n_views``."""
+    try:
+        values = np.loadtxt(path, ndmin=2)
+    except ValueError as err:
+        raise InputError(f"{path}: not a .xtilt file (one number per line expected): {err}") from None
+    if values.shape[1] != 1 or (n_views is not None and len(values) != n_views):
+        raise InputError(f"{path}: has {len(values)} lines of {values.shape[1]} numbers; expected "
+                         f"{n_views if n_views is not None else 'one'} line(s) of 1 (X-axis tilt per view)")
+    return values[:, 0]
+
+
 def write_xyz(path, points_xyz_px, contour_ids, size_xy, pixel_size=1.0):
     """Write an IMOD fiducial ``.xyz`` file.
 

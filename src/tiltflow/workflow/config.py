@@ -34,7 +34,7 @@ OPTION_FIELDS = {
     "robust": (AlignOptions, "robust"),
     **{f"coarse.{f.name}": (CoarseOptions, f.name) for f in dataclasses.fields(CoarseOptions)
        if f.name != "axis_search_pairs"},
-    **{f"reconstruct.{k}": (ReconOptions, k) for k in ("binning", "lowpass_cutoff", "lowpass_sigma",
+    **{f"reconstruct.{k}": (ReconOptions, k) for k in ("binning", "flatten", "lowpass_cutoff", "lowpass_sigma",
                                                         "sirt_iterations", "slab_rows", "oversampling", "dtype")},
     **{f"reconstruct.{k}": (ReconOptions, field) for k, field in RECON_FIELD_NAMES.items()},
     **{f"projection_matching.{k}": (MatchingOptions, MATCH_FIELD_NAMES.get(k, k))

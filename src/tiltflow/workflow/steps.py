@@ -78,7 +78,7 @@ def write_alignment(prepared_path, state_path, params, series_name, out, coarse_
     out : mapping
         Paths for ``xf``, ``tlt``, ``xyz``, ``fiducials`` and ``summary``,
         and optionally ``views``, ``markers``, ``large_residuals``,
-        ``resid``, ``solution`` (``taSolution.log``) and ``zfac``.
+        ``resid``, ``solution`` (``taSolution.log``), ``zfac`` and ``xtilt``.
     coarse_path : str, optional
         The coarse stage's state file, whose report goes into the summary.
     threads : int
@@ -119,6 +119,8 @@ def write_alignment(prepared_path, state_path, params, series_name, out, coarse_
                                 v["mean_residual"], v["dmag"], v["skew"])
     if "zfac" in out:
         io.write_zfac(out["zfac"], result.zfac)
+    if "xtilt" in out:
+        io.write_xtilt(out["xtilt"], [0.0] * prepared.series.n_views)
     write_json(out["summary"], result.summary)
 
 
@@ -142,17 +144,20 @@ def plot_summary(summary_tsv, out_png):
     plots.summary_plot(read_table(summary_tsv, text_columns=("series",)), out_png)
 
 
-def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_json, threads=1, zfac_path=None):
+def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_json, threads=1, zfac_path=None,
+                         summary_path=None):
     """Rule ``reconstruct_tomogram``: weighted back-projection from the raw stack
     (:func:`tiltflow.reconstruct.reconstruct`).
 
     Reads the series' ``.xf``, ``.tlt`` and, for a marker alignment, ``.zfac``
-    (the same files IMOD's ``tilt`` would use),
+    (the same files IMOD's ``tilt`` would use) and, with
+    ``reconstruct.flatten``, the surface analysis of its ``summary.json``;
     writes ``tomogram.mrc`` (``data[z, y, x]``, voxel size in the header)
-    slab by slab, and ``tomogram.json``.
+    slab by slab, and ``tomogram.json`` (with ``placement``: what positioning
+    was applied).
     """
     from ..io.mrc import SlabWriter, Stack
-    from ..reconstruct import reconstruct, volume_shape
+    from ..reconstruct import grid_matrix, reconstruct, volume_shape
 
     prepared = load_prepared(prepared_path)
     if not prepared.stack:
@@ -161,13 +166,36 @@ def reconstruct_tomogram(prepared_path, xf_path, tlt_path, params, out_mrc, out_
     xf = io.read_xf(xf_path, prepared.series.n_views)
     tilts = io.read_tilts(tlt_path)
     zfac = io.read_zfac(zfac_path, prepared.series.n_views) if zfac_path else None
+    placement = tomogram_placement(options, summary_path)
     voxel = prepared.pixel_size_angstrom * options.binning
     with Stack(prepared.stack) as stack, _image_threads(threads):
         shape = volume_shape(stack.shape, options)
+        grid = grid_matrix(stack.shape, options, None if placement is None else placement.matrix)
         with SlabWriter(out_mrc, shape, options.dtype, voxel) as writer:
             _, stats = reconstruct(stack, xf, tilts, options, ~prepared.series.excluded, write_slab=writer.write,
-                                   zfac=zfac)
-    write_json(out_json, {**stats, "voxel_size_angstrom": voxel, "threads": int(threads)})
+                                   zfac=zfac, grid=grid)
+    write_json(out_json, {**stats, "voxel_size_angstrom": voxel, "threads": int(threads),
+                          "z_offset_px": float(options.z_offset_px),
+                          "placement": None if placement is None else placement.to_dict()})
+
+
+def tomogram_placement(options, summary_path):
+    """The :class:`~tiltflow.reconstruct.Placement` of ``reconstruct.flatten`` from a series'
+    ``summary.json`` (its ``surfaces``), or None (not asked for; no surface analysis: warned)."""
+    from ..reconstruct import section_placement
+
+    if not options.flatten:
+        return None
+    surfaces = read_json(summary_path).get("surfaces") if summary_path else None
+    if not surfaces:
+        log.warning("reconstruct.flatten: %s; the tomogram is not flattened",
+                    f"{summary_path} has no surface analysis (fewer than 3 markers)" if summary_path
+                    else "the series was aligned without markers (no surface analysis)")
+        return None
+    placement = section_placement(surfaces["slope_x"], surfaces["slope_y"], surfaces["z_shift_px"])
+    log.info("reconstruct.flatten: tilt offset %+.2f deg, X-axis tilt %+.2f deg, section middle at z %+.1f px "
+             "(from %s)", placement.tilt_offset_deg, placement.x_axis_tilt_deg, -placement.z_shift_px, summary_path)
+    return placement
 
 
 def _image_threads(threads):
