@@ -182,7 +182,7 @@ def test_beads_sit_at_the_xyz_positions(scene, tmp_path, monkeypatch):
 def bead_errors(vol, xyz_image_px, b):
     """|found - expected| voxel index (z, y, x) of the dark bead nearest each expected position
     ``(x, y, z)``: x, y in image pixels (origin at the corner), z from the volume's middle."""
-    nz, ny, nx = vol.shape
+    nz = vol.shape[0]
     errors = []
     for x, y, z in xyz_image_px:
         # expected voxel (index coordinates, centres at integers)

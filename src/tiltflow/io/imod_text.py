@@ -120,8 +120,7 @@ def write_xtilt(path, xtilt_deg):
     as tiltalign writes it (``%7.2f``); all 0 when the alignment solves no X-axis tilt (tiltflow's
     model: a global X-axis tilt is absorbed by the 3D positions)."""
     with open(path, "w", encoding="utf-8") as f:
-        for value in np.asarray(xtilt_deg, dtype=float).ravel():
-            f.write(f"{value:7.2f}\n")
+        f.writelines(f"{value:7.2f}\n" for value in np.asarray(xtilt_deg, dtype=float).ravel())
 
 
 def read_xtilt(path, n_views=None):
