@@ -153,12 +153,7 @@ def test_beads_sit_at_the_xyz_positions(scene, tmp_path, monkeypatch):
 
     monkeypatch.setattr(reconstruct, "_warm_up", slow_warm_up)
     sim, views, _ = scene
-    io.write_markers_csv(tmp_path / "m.csv", sim.marker + 1, sim.view, sim.xy_px)
-    (tmp_path / "t.rawtlt").write_text("".join(f"{t:.2f}\n" for t in sim.nominal_tilt_deg))
-    write_stack(tmp_path / "s.mrc", np.round(views).astype(np.int16), pixel_size_angstrom=7.0)
-    row = {"series": "s", "markers": str(tmp_path / "m.csv"), "tilts": str(tmp_path / "t.rawtlt"),
-           "tilt_axis_angle": -5.0, "stack": str(tmp_path / "s.mrc"), "width": None, "height": None}
-    out = run_steps(tmp_path, row, "s")
+    out = align_rendered(tmp_path, sim, views)
     prepared = out["prepared"]
     b = 2
     steps.reconstruct_tomogram(prepared, out["xf"], out["tlt"], {"reconstruct": {"thickness": 100, "binning": b}},
@@ -177,6 +172,17 @@ def test_beads_sit_at_the_xyz_positions(scene, tmp_path, monkeypatch):
     print(f"bead position error (voxels): max {errors.max(axis=0)}, mean {errors.mean(axis=0)}")
     assert np.all(errors <= 1.0)
     assert stats["kernel"] == "numba" and stats["placement"] is None
+
+
+def align_rendered(folder, sim, views):
+    """Markers, raw tilts and the rendered stack written to ``folder`` and aligned through the
+    workflow's steps (:func:`conftest.run_steps`); returns its output paths."""
+    io.write_markers_csv(folder / "m.csv", sim.marker + 1, sim.view, sim.xy_px)
+    (folder / "t.rawtlt").write_text("".join(f"{t:.2f}\n" for t in sim.nominal_tilt_deg))
+    write_stack(folder / "s.mrc", np.round(views).astype(np.int16), pixel_size_angstrom=7.0)
+    row = {"series": "s", "markers": str(folder / "m.csv"), "tilts": str(folder / "t.rawtlt"),
+           "tilt_axis_angle": -5.0, "stack": str(folder / "s.mrc"), "width": None, "height": None}
+    return run_steps(folder, row, "s")
 
 
 def bead_errors(vol, xyz_image_px, b):
@@ -274,12 +280,7 @@ def test_flattened_tomogram_holds_the_section_level(tmp_path):
                                    tilt_offset_deg=7.0, seed=11)
     sim = simulate.simulate(spec)
     views = simulate.render_stack(sim, spec.thickness_px, simulate.RenderSpec(n_blobs=500, dose=500.0, seed=11))
-    io.write_markers_csv(tmp_path / "m.csv", sim.marker + 1, sim.view, sim.xy_px)
-    (tmp_path / "t.rawtlt").write_text("".join(f"{t:.2f}\n" for t in sim.nominal_tilt_deg))
-    write_stack(tmp_path / "s.mrc", np.round(views).astype(np.int16), pixel_size_angstrom=7.0)
-    row = {"series": "s", "markers": str(tmp_path / "m.csv"), "tilts": str(tmp_path / "t.rawtlt"),
-           "tilt_axis_angle": -5.0, "stack": str(tmp_path / "s.mrc"), "width": None, "height": None}
-    out = run_steps(tmp_path, row, "s")
+    out = align_rendered(tmp_path, sim, views)
     summary = json.loads(out["summary"].read_text())
     assert summary["surfaces"]["tilt_offset_deg"] == pytest.approx(7.0, abs=1.0)  # IMOD: add to every tilt
     b = 2

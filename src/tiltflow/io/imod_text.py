@@ -105,13 +105,19 @@ def write_zfac(path, factors):
 
 def read_zfac(path, n_views=None):
     """Read a ``.zfac`` file: ndarray (n_views, 2); refuses a count other than ``n_views``."""
+    return _read_per_view(path, n_views, ".zfac", 2, "x and y factor per view")
+
+
+def _read_per_view(path, n_views, kind, n_columns, meaning):
+    """A per-view text file of ``n_columns`` numbers per line: ndarray (n_views, n_columns); a clear
+    error naming the file for anything else (or a count other than ``n_views``)."""
     try:
         values = np.loadtxt(path, ndmin=2)
     except ValueError as err:
-        raise InputError(f"{path}: not a .zfac file (two numbers per line expected): {err}") from None
-    if values.shape[1] != 2 or (n_views is not None and len(values) != n_views):
+        raise InputError(f"{path}: not a {kind} file ({n_columns} number(s) per line expected): {err}") from None
+    if values.shape[1] != n_columns or (n_views is not None and len(values) != n_views):
         raise InputError(f"{path}: has {len(values)} lines of {values.shape[1]} numbers; expected "
-                         f"{n_views if n_views is not None else 'one'} line(s) of 2 (x and y factor per view)")
+                         f"{n_views if n_views is not None else 'one'} line(s) of {n_columns} ({meaning})")
     return values
 
 
@@ -125,14 +131,7 @@ def write_xtilt(path, xtilt_deg):
 
 def read_xtilt(path, n_views=None):
     """Read a ``.xtilt`` file: ndarray (n_views,) of degrees; refuses a count other than ``n_views``."""
-    try:
-        values = np.loadtxt(path, ndmin=2)
-    except ValueError as err:
-        raise InputError(f"{path}: not a .xtilt file (one number per line expected): {err}") from None
-    if values.shape[1] != 1 or (n_views is not None and len(values) != n_views):
-        raise InputError(f"{path}: has {len(values)} lines of {values.shape[1]} numbers; expected "
-                         f"{n_views if n_views is not None else 'one'} line(s) of 1 (X-axis tilt per view)")
-    return values[:, 0]
+    return _read_per_view(path, n_views, ".xtilt", 1, "X-axis tilt per view")[:, 0]
 
 
 def write_xyz(path, points_xyz_px, contour_ids, size_xy, pixel_size=1.0):
