@@ -57,6 +57,20 @@ class ScipyProblem:
             np.add.at(out, (rows[ok], slice(None), self._cols[ok, c]), block[ok, :, c])
         return out.reshape(-1, self.layout.n_params)
 
+    def jac_sparse(self, x):
+        """Exact Jacobian as a sparse CSR matrix, (2 n_obs, n_params) (scipy's ``jac=`` callable)."""
+        v, p = self.unpack(x)
+        o = self.obs
+        _, jv, jp = projection.project_with_jacobian(p, v, o.marker_index, o.view_index, o.centre_xy_px)
+        block = expand_jacobian(jv, jp, self.layout.view_weight[o.view_index])  # (n, 2, n_cols)
+        obs_idx, col = np.nonzero(self._cols >= 0)
+        params = self._cols[obs_idx, col]
+        rows = np.concatenate([2 * obs_idx, 2 * obs_idx + 1])
+        cols = np.concatenate([params, params])
+        vals = np.concatenate([block[obs_idx, 0, col], block[obs_idx, 1, col]])
+        n = len(o.marker_index)
+        return scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(2 * n, self.layout.n_params))
+
     def sparsity(self):
         """Sparse 0/1 pattern of the Jacobian (for finite differences)."""
         n = len(self.obs.marker_index)
