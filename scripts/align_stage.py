@@ -10,4 +10,5 @@ run_logged(
     snakemake.input.state,
     dict(snakemake.params.options),
     snakemake.output.state,
+    snakemake.threads,
 )

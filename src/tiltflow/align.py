@@ -30,7 +30,7 @@ from . import projection
 from .model import MIN_MARKERS_PER_VIEW, MIN_OBSERVATIONS_PER_MARKER, AlignmentState, StageReport
 from .options import AlignOptions, CoarseOptions
 from .projection import DMAG, DX, DY, N_VIEW, ROT, SCALE, SKEW, TILT
-from .solver import Layout, solve_bundle, warm_up
+from .solver import Layout, blas_threads, solve_bundle, warm_up
 from .stages import STAGES, get_stage
 from .tiltorder import interpolate_over_tilt, walk_outward
 
@@ -583,7 +583,7 @@ def stage_distortion(stage, series, state, options, fit_weight):
     return options.distortion
 
 
-def run_stage(stage, series, state, options):
+def run_stage(stage, series, state, options, threads=1):
     """Run one L-M stage from ``state``.
 
     Parameters
@@ -593,6 +593,9 @@ def run_stage(stage, series, state, options):
     series : Series
     state : AlignmentState
     options : AlignOptions
+    threads : int
+        BLAS threads of the solve (:func:`tiltflow.solver.blas_threads`; the
+        job's threads).
 
     Returns
     -------
@@ -602,6 +605,12 @@ def run_stage(stage, series, state, options):
     """
     stage = get_stage(stage) if isinstance(stage, str) else stage
     warm_up(len(series.obs.view_index))  # JIT loading is not solve time
+    with blas_threads(threads):
+        return _run_stage(stage, series, state, options)
+
+
+def _run_stage(stage, series, state, options):
+    """:func:`run_stage` inside its BLAS thread limit."""
     t0 = time.perf_counter()
     views = tie_weak_views(series, state.views)
     if stage.reset:
@@ -620,27 +629,35 @@ def run_stage(stage, series, state, options):
     views = regularise_groups(views, stage_groups(stage, series, state, options, distortion), series.nominal_tilt_deg)
     rank = np.empty(series.n_views, dtype=int)
     rank[np.argsort(series.nominal_tilt_deg, kind="stable")] = np.arange(series.n_views)
-    robust_rounds = 0
-    iterations = 0
-    while True:
-        obs = series.obs.with_weight(series.obs.weight * factor)
-        layout = stage_layout(stage, series, state, options, obs.weight, distortion)
-        sol = solve_bundle(obs, views, points, layout, options.lm)
-        views, points = sol.views, sol.points_xyz_px
-        iterations += sol.report.iterations
-        if not robust or robust_rounds >= MAX_ROBUST_ROUNDS:
-            break
-        pred = projection.project(points, views, series.obs.marker_index, series.obs.view_index, series.centre_xy_px)
+    rounds = [0]
+    factors = [factor]
+
+    def reweight(state):
+        """Tukey weights at a nearly converged ``state`` (None once they settle or after MAX_ROBUST_ROUNDS)."""
+        if rounds[0] >= MAX_ROBUST_ROUNDS:
+            return None
+        v, p = state
+        pred = projection.project(p, v, series.obs.marker_index, series.obs.view_index, series.centre_xy_px)
         new_factor = robust_weights(pred - series.obs.xy_px, options.robust_k, series.obs.view_index, rank)
         # a marker left with fewer than MIN_OBSERVATIONS_PER_MARKER points is fitted by its own position
         # alone (its residuals say nothing): it is rejected whole, as the import drops such markers
         kept = weighted_observations_per_marker(series, new_factor)
         new_factor[(kept < MIN_OBSERVATIONS_PER_MARKER)[series.obs.marker_index]] = 0.0
-        robust_rounds += 1
-        change = np.max(np.abs(new_factor - factor)) if len(factor) else 0.0
-        factor = new_factor
+        rounds[0] += 1
+        change = np.max(np.abs(new_factor - factors[0])) if len(new_factor) else 0.0
+        factors[0] = new_factor
         if change < 1e-3:
-            break
+            return None
+        return series.obs.weight * new_factor
+
+    obs = series.obs.with_weight(series.obs.weight * factor)
+    layout = stage_layout(stage, series, state, options, obs.weight, distortion)
+    sol = solve_bundle(obs, views, points, layout, options.lm, reweight=reweight if robust else None)
+    views, points = sol.views, sol.points_xyz_px
+    iterations, robust_rounds, factor = sol.report.iterations, rounds[0], factors[0]
+    if robust and rejected_markers(series, series.obs.weight * factor).any():
+        # markers the re-weighting rejected whole: the layout holds them (reported as held)
+        layout = stage_layout(stage, series, state, options, series.obs.weight * factor, distortion)
     views, points = recentre(series, views, points)
     fit_weight = series.obs.weight * factor
     views = _retie_weak_views(series, views, points, fit_weight, layout, options)
@@ -659,7 +676,7 @@ def run_stage(stage, series, state, options):
     return AlignmentState(views, points, robust_weight, state.reference_view, state.stages + (report,))
 
 
-def align(series, options=AlignOptions(), shifts_px=None):
+def align(series, options=AlignOptions(), shifts_px=None, threads=1):
     """All stages in order (what the workflow runs rule by rule).
 
     Returns
@@ -670,5 +687,5 @@ def align(series, options=AlignOptions(), shifts_px=None):
     for stage in STAGES:
         if stage.name == "polish" and not options.polish:
             continue
-        state = run_stage(stage, series, state, options)
+        state = run_stage(stage, series, state, options, threads)
     return state

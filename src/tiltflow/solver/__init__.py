@@ -6,7 +6,7 @@ Public API: :class:`Observations`, :class:`Layout`, :func:`solve_bundle`,
 
 from ..model import Observations
 from ..options import LMOptions
-from ._bundle import BundleProblem, BundleSolution, Layout, solve_bundle, warm_up
+from ._bundle import BundleProblem, BundleSolution, Layout, blas_threads, solve_bundle, warm_up
 from ._lm import TERMINATION_MESSAGES, LMReport, levenberg_marquardt
 from ._schur import SchurStructure
 
@@ -20,6 +20,7 @@ __all__ = [
     "SchurStructure",
     "ScipyProblem",
     "TERMINATION_MESSAGES",
+    "blas_threads",
     "levenberg_marquardt",
     "solve_bundle",
     "warm_up",

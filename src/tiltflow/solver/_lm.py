@@ -4,6 +4,14 @@ The loop is independent of the problem: it needs ``linearize(state)``
 returning ``(cost, normal_equations)``, ``cost(state)`` and
 ``apply(state, step)``.  Termination follows ``scipy.optimize.least_squares``
 (``ftol``, ``xtol``, ``gtol``, iteration limit) with the same status codes.
+
+Robust fits re-weight inside the loop (iteratively re-weighted least
+squares without restarting): when an accepted step has nearly converged the
+fit under the current weights (its cost decrease below
+:data:`REWEIGHT_FTOL` of the cost, or a termination test fires), the
+caller's ``reweight(state)`` may return new observation weights; the loop
+then re-linearizes under them and goes on with its damping and scaling,
+and terminates only once ``reweight`` returns None (the weights settled).
 """
 
 from __future__ import annotations
@@ -13,6 +21,9 @@ import dataclasses
 import numpy as np
 
 from ..options import LMOptions
+
+#: A step reducing the cost by less than this fraction re-weights a robust fit (see the module docstring).
+REWEIGHT_FTOL = 1e-4
 
 #: Termination reasons, keyed by status (scipy.optimize.least_squares codes).
 TERMINATION_MESSAGES = {
@@ -41,7 +52,7 @@ class LMReport:
         return self.status > 0
 
 
-def levenberg_marquardt(problem, state, options=LMOptions()):
+def levenberg_marquardt(problem, state, options=LMOptions(), reweight=None):
     """Minimise ``cost = 0.5 * |r|^2`` from ``state``.
 
     Parameters
@@ -54,6 +65,10 @@ def levenberg_marquardt(problem, state, options=LMOptions()):
     state : object
         Starting point, passed back to ``problem`` unchanged in type.
     options : LMOptions
+    reweight : callable, optional
+        ``reweight(state) -> weights or None``: new observation weights at
+        a nearly converged ``state`` (passed to ``problem.set_weight``), or
+        None when they have settled (not called again).
 
     Returns
     -------
@@ -71,10 +86,33 @@ def levenberg_marquardt(problem, state, options=LMOptions()):
     status = 0
     if ne.structure.n_params == 0:
         return state, LMReport(cost, cost, 0, 0, 1, "No free parameters: nothing to solve.")
+
+    def reweighted():
+        """Ask for new weights at ``state``; True when they changed (the fit goes on under them)."""
+        nonlocal reweight
+        if reweight is None:
+            return False
+        weights = reweight(state)
+        if weights is None:
+            reweight = None
+            return False
+        problem.set_weight(weights)
+        return True
+
+    relinearize = False
     while iterations < options.max_iterations:
+        if relinearize:
+            cost, ne = problem.linearize(state)
+            de, dk = ne.diagonal()
+            diag_e = np.maximum(diag_e, de)
+            diag_k = np.maximum(diag_k, dk)
+            relinearize = False
         g = ne.gradient()
         scale = np.sqrt(ne.to_flat(diag_e, diag_k))
         if cost == 0.0 or np.max(np.abs(g) / scale) <= options.gtol * np.sqrt(2.0 * cost):
+            if reweighted():
+                relinearize = True
+                continue
             status = 1
             break
         step = ne.solve(mu, diag_e, diag_k)
@@ -83,6 +121,9 @@ def levenberg_marquardt(problem, state, options=LMOptions()):
             mu *= nu
             nu *= 2.0
             if mu > 1e16:
+                if reweighted():
+                    mu, nu, relinearize = options.initial_damping, 2.0, True
+                    continue
                 status = 5
                 break
             continue
@@ -97,22 +138,22 @@ def levenberg_marquardt(problem, state, options=LMOptions()):
             mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
             f_small = actual <= options.ftol * cost and predicted <= options.ftol * cost
+            near = f_small or step_small or actual <= REWEIGHT_FTOL * cost
             state, cost = new_state, new_cost
             accepted += 1
+            relinearize = True
+            if near and reweighted():
+                continue
             if f_small or step_small:
                 status = 4 if (f_small and step_small) else (2 if f_small else 3)
                 break
-            cost, ne = problem.linearize(state)
-            de, dk = ne.diagonal()
-            diag_e = np.maximum(diag_e, de)
-            diag_k = np.maximum(diag_k, dk)
         else:
-            if step_small:
-                status = 3
+            if step_small or mu * nu > 1e16:
+                if reweighted():
+                    mu, nu, relinearize = options.initial_damping, 2.0, True
+                    continue
+                status = 3 if step_small else 5
                 break
             mu *= nu
             nu *= 2.0
-            if mu > 1e16:
-                status = 5
-                break
     return state, LMReport(initial_cost, cost, iterations, accepted, status, TERMINATION_MESSAGES[status])

@@ -25,6 +25,8 @@ diagonal.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..projection import N_VIEW
@@ -224,6 +226,34 @@ class SchurStructure:
         return NormalEquations(self, hee, np.ascontiguousarray(hek), np.ascontiguousarray(hkk), ge, gk)
 
 
+#: Kept systems from this size on are solved by scipy's Cholesky (one factorisation) when
+#: ``scipy.linalg`` is loaded (``warm_up`` loads it with the compiled kernels, for large problems);
+#: otherwise by numpy (a Cholesky as positive-definiteness test, then an LU solve), which spares a
+#: small job importing scipy.linalg.
+SCIPY_CHOLESKY_MIN = 200
+
+
+def _spd_solve(s, rhs):
+    """Solve ``s x = rhs`` for a symmetric ``s``; None if ``s`` is not positive definite."""
+    linalg = sys.modules.get("scipy.linalg")
+    if linalg is not None and len(s) >= SCIPY_CHOLESKY_MIN:
+        try:
+            factor = linalg.cho_factor(s, lower=False, overwrite_a=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            return None
+        return linalg.cho_solve(factor, rhs, check_finite=False)
+    try:
+        np.linalg.cholesky(s)
+    except np.linalg.LinAlgError:
+        return None
+    return np.linalg.solve(s, rhs)
+
+
+def _bmv(a, v):
+    """Batched ``a @ v`` for (n, k, k) and (n, k)."""
+    return np.einsum("nij,nj->ni", a, v)
+
+
 def _atb(a, b):
     """Flattened per-observation products ``a_k^T b_k`` of two-row blocks.
 
@@ -278,29 +308,30 @@ class NormalEquations:
         gi, si = np.nonzero(~st.e_free)  # held slots: zero rows (masked Jacobian), unit diagonal
         hee[gi, si, si] = 1.0
         ge = np.where(st.e_free, self.ge, 0.0)
+        # whiten each block by its Cholesky factor (hee = L L^T): with U = L^-1 hek and
+        # y = L^-1 ge the reduced system is S = hkk - U^T U (a symmetric rank-k product,
+        # half a general one), rhs = -gk + U^T y
         try:
-            hee_inv = np.linalg.inv(hee)
+            linv = np.linalg.inv(np.linalg.cholesky(hee))
         except np.linalg.LinAlgError:
             return None
+        y = _bmv(linv, ge)
         m = st.n_kept
         if m:
-            w = hee_inv @ self.hek  # (n_groups, b, m)
-            nb = st.n_groups * b
-            w_flat = w.reshape(nb, m)
-            s = self.hkk - self.hek.reshape(nb, m).T @ w_flat
+            u = linv @ self.hek  # (n_groups, b, m)
+            u_flat = u.reshape(st.n_groups * b, m)
+            s = u_flat.T @ u_flat  # numpy calls BLAS syrk for a product with its own transpose
+            np.subtract(self.hkk, s, out=s)
             s[np.diag_indices(m)] += mu * diag_k
-            rhs = -self.gk + w_flat.T @ ge.reshape(nb)
-            # Cholesky only tests positive definiteness; the kept system is a few hundred
-            # unknowns, so a plain solve costs little and spares jobs importing scipy.linalg.
-            try:
-                np.linalg.cholesky(s)
-            except np.linalg.LinAlgError:
+            rhs = -self.gk + u_flat.T @ y.reshape(-1)
+            dk = _spd_solve(s, rhs)
+            if dk is None:
                 return None
-            dk = np.linalg.solve(s, rhs)
-            de = (hee_inv @ (-ge - self.hek @ dk)[:, :, None])[:, :, 0]
+            # de = hee^-1 (-ge - hek dk) = L^-T (-y - U dk)
+            de = _bmv(np.swapaxes(linv, 1, 2), -y - u @ dk)
         else:
             dk = np.zeros(0)
-            de = (hee_inv @ (-ge)[:, :, None])[:, :, 0]
+            de = _bmv(np.swapaxes(linv, 1, 2), -y)
         step = self.to_flat(de, dk)
         if not np.all(np.isfinite(step)):
             return None

@@ -55,13 +55,14 @@ def align_coarse(prepared_path, params, out_state, out_coarse_xf, threads=1):
     save_state(out_state, state, extra={"coarse": report})
 
 
-def align_stage(stage, prepared_path, state_path, params, out_state):
-    """Rules ``align_initial`` ... ``align_polish``: one L-M stage (:func:`tiltflow.align.run_stage`)."""
+def align_stage(stage, prepared_path, state_path, params, out_state, threads=1):
+    """Rules ``align_initial`` ... ``align_polish``: one L-M stage (:func:`tiltflow.align.run_stage`),
+    its BLAS limited to the job's ``threads``."""
     from ..align import run_stage
 
     prepared = load_prepared(prepared_path)
     state = load_state(state_path)
-    save_state(out_state, run_stage(stage, prepared.series, state, align_options(params)))
+    save_state(out_state, run_stage(stage, prepared.series, state, align_options(params), threads))
 
 
 def write_alignment(prepared_path, state_path, params, series_name, out, coarse_path=None, threads=1):
