@@ -521,20 +521,25 @@ def robust_weights(resid_xy_px, k=9.0, view_index=None, view_rank=None, window=R
     sigma = np.full(len(length), np.median(length) * to_sigma)
     if view_index is not None:
         rank = np.asarray(view_rank)[view_index]
-        order = np.argsort(rank, kind="stable")
+        # stable sort on small integers (radix sort); a window is a contiguous run of the sorted lengths
+        order = np.argsort(rank.astype(np.int16 if len(view_rank) < 2**15 else np.int64), kind="stable")
         sorted_rank, sorted_len = rank[order], length[order]
-        # the median of every window at once: each window is a contiguous run of the rank-sorted
-        # lengths, padded with +inf to one width and sorted row-wise (as np.median, the mean of
-        # the two middle values for an even count)
-        ranks = np.unique(rank)
+        ranks = np.unique(sorted_rank)
         lo = np.searchsorted(sorted_rank, ranks - window)
         hi = np.searchsorted(sorted_rank, ranks + window + 1)
         count = hi - lo
-        idx = lo[:, None] + np.arange(count.max())[None, :]
-        runs = np.where(idx < hi[:, None], sorted_len[np.minimum(idx, len(sorted_len) - 1)], np.inf)
-        runs.sort(axis=1)
-        rows = np.arange(len(ranks))
-        local = (runs[rows, (count - 1) // 2] + runs[rows, count // 2]) / 2.0 * to_sigma
+        if len(ranks) * count.max() <= 100_000:
+            # small series: all windows at once, padded with +inf to one width and sorted row-wise
+            idx = lo[:, None] + np.arange(count.max())[None, :]
+            runs = np.where(idx < hi[:, None], sorted_len[np.minimum(idx, len(sorted_len) - 1)], np.inf)
+            runs.sort(axis=1)
+            rows = np.arange(len(ranks))
+            low, high = runs[rows, (count - 1) // 2], runs[rows, count // 2]
+        else:  # large ones: select the two middle values of each window (no full sort)
+            mid = [np.partition(sorted_len[a:b], [(b - a - 1) // 2, (b - a) // 2])[[(b - a - 1) // 2, (b - a) // 2]]
+                   for a, b in zip(lo, hi)]
+            low, high = np.array(mid).T
+        local = (low + high) / 2.0 * to_sigma  # the median (the mean of the two middle values for an even count)
         sigma = np.maximum(sigma, local[np.searchsorted(ranks, rank)])
     if not np.all(sigma > 0):
         return np.ones(len(length))
@@ -632,13 +637,11 @@ def _run_stage(stage, series, state, options):
     rounds = [0]
     factors = [factor]
 
-    def reweight(state):
-        """Tukey weights at a nearly converged ``state`` (None once they settle or after MAX_ROBUST_ROUNDS)."""
+    def reweight(_state, resid_xy_px):
+        """Tukey weights at a nearly converged state (None once they settle or after MAX_ROBUST_ROUNDS)."""
         if rounds[0] >= MAX_ROBUST_ROUNDS:
             return None
-        v, p = state
-        pred = projection.project(p, v, series.obs.marker_index, series.obs.view_index, series.centre_xy_px)
-        new_factor = robust_weights(pred - series.obs.xy_px, options.robust_k, series.obs.view_index, rank)
+        new_factor = robust_weights(resid_xy_px, options.robust_k, series.obs.view_index, rank)
         # a marker left with fewer than MIN_OBSERVATIONS_PER_MARKER points is fitted by its own position
         # alone (its residuals say nothing): it is rejected whole, as the import drops such markers
         kept = weighted_observations_per_marker(series, new_factor)

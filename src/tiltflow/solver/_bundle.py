@@ -199,6 +199,17 @@ class BundleProblem:
             raise ValueError(f"weight must have shape {self.sqrt_w[:, 0].shape}, got {weight.shape}")
         self.sqrt_w = np.sqrt(weight)[:, None]
 
+    def residual_vectors(self, state):
+        """Unweighted residuals ``pred - obs``, shape (n_obs, 2)."""
+        views, points = state
+        o = self.obs
+        if self.compiled:
+            out = np.empty((len(o.view_index), 2))
+            _kernels().residual_vectors(points, views, o.marker_index, o.view_index, o.xy_px, o.centre_xy_px[0],
+                                        o.centre_xy_px[1], out)
+            return out
+        return projection.project(points, views, o.marker_index, o.view_index, o.centre_xy_px) - o.xy_px
+
     def residuals(self, state):
         views, points = state
         pred = projection.project(points, views, self.obs.marker_index, self.obs.view_index, self.obs.centre_xy_px)
@@ -261,7 +272,8 @@ def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), elimina
         kernels from :data:`COMPILED_MIN_OBSERVATIONS` observations on
         (``"auto"``, default).
     reweight : callable, optional
-        ``reweight((views, points)) -> weights or None``: robust
+        ``reweight((views, points), resid_xy_px) -> weights or None``
+        (``resid_xy_px`` (n_obs, 2) unweighted ``pred - obs``): robust
         re-weighting inside the loop (see :func:`levenberg_marquardt`).
         Observations whose weight drops to 0 keep the layout: their
         parameters, left without information, are held in place by the
@@ -281,7 +293,10 @@ def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), elimina
         raise ValueError("starting parameters contain NaN or Inf")
     t0 = time.perf_counter()
     problem = BundleProblem(obs, layout, eliminate, compiled)
-    (v, p), report = levenberg_marquardt(problem, (views, points_xyz_px), options, reweight)
+    (v, p), report = levenberg_marquardt(
+        problem, (views, points_xyz_px), options,
+        None if reweight is None else (lambda state: reweight(state, problem.residual_vectors(state))),
+    )
     seconds = time.perf_counter() - t0
     return BundleSolution(v, p, report, seconds, problem.structure.eliminate, layout.n_params)
 
@@ -332,7 +347,8 @@ def warm_up(n_obs=None):
     free_v[:, 3:5] = True
     free_p = np.ones((3, 3), dtype=bool)
     free_p[0] = False
+    layout = Layout.from_masks(free_v, free_p)
     for eliminate in ("points", "views"):
-        solve_bundle(obs, views, points, Layout.from_masks(free_v, free_p), LMOptions(max_iterations=3), eliminate,
-                     compiled)
+        solve_bundle(obs, views, points, layout, LMOptions(max_iterations=3), eliminate, compiled)
+    BundleProblem(obs, layout, compiled=compiled).residual_vectors((views, points))
     _warmed_up.add(compiled)

@@ -54,6 +54,18 @@ def cost(points, views, marker_index, view_index, xy, sqrt_w, cx, cy):  # pragma
 
 
 @njit(cache=True, fastmath=False)
+def residual_vectors(points, views, marker_index, view_index, xy, cx, cy, out):  # pragma: no cover - compiled
+    """Unweighted residuals ``pred - obs`` into ``out`` (n_obs, 2)."""
+    p = np.empty(2)
+    for k in range(marker_index.shape[0]):
+        i = marker_index[k]
+        j = view_index[k]
+        _predict(points, views, i, j, p)
+        out[k, 0] = p[0] + views[j, 3] + cx - xy[k, 0]
+        out[k, 1] = p[1] + views[j, 4] + cy - xy[k, 1]
+
+
+@njit(cache=True, fastmath=False)
 def linearize(points, views, marker_index, view_index, xy, sqrt_w, cx, cy,
               eliminate_points, e_free, kpos_view, view_weight, kpos_point,
               hee, hek, hkk, ge, gk):  # pragma: no cover - compiled

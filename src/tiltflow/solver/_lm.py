@@ -23,7 +23,7 @@ import numpy as np
 from ..options import LMOptions
 
 #: A step reducing the cost by less than this fraction re-weights a robust fit (see the module docstring).
-REWEIGHT_FTOL = 1e-4
+REWEIGHT_FTOL = 1e-3
 
 #: Termination reasons, keyed by status (scipy.optimize.least_squares codes).
 TERMINATION_MESSAGES = {
