@@ -12,11 +12,14 @@ from conftest import REPO
 def test_solver_benchmark_runs_and_matches_scipy(tmp_path):
     out = tmp_path / "solver.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_solver.py"), "--repeats", "2",
-                    "--skip-scipy-large", "--out", str(out)], check=True, capture_output=True)
+                    "--scipy-repeats", "1", "--problems", "paper_107x30,large_121x200", "--skip-scipy-large",
+                    "--scipy-analytic", "--out", str(out)], check=True, capture_output=True)
     report = json.loads(out.read_text())
     paper = report["paper_107x30"]
     # same accuracy as scipy's least_squares from the same start
     assert paper["tiltflow_rms"] <= paper["scipy_rms"] * 1.001
+    assert paper["scipy_analytic_rms"] <= paper["scipy_rms"] * 1.001
+    assert report["large_121x200"]["peak_memory_mb"] > 0 and "scipy_seconds" not in report["large_121x200"]
 
 
 @pytest.mark.slow

@@ -110,3 +110,76 @@ def test_numba_is_used_only_where_it_pays():
     assert use_compiled(True, 10) and not use_compiled(False, 10**6)
     with pytest.raises(ValueError, match="compiled must be True, False or 'auto', got 'yes'"):
         use_compiled("yes", 10)
+
+
+def misclicked_series(seed=21):
+    """61 views x 20 markers, 1.5 % of the points mis-clicked by 8-25 px."""
+    sim = simulate.simulate(simulate.SimulationSpec(n_views=61, n_markers=20, n_full_tracks=10, noise_px=0.5,
+                                                    seed=seed))
+    rng = np.random.default_rng(5)
+    bad = rng.choice(len(sim.marker), int(0.015 * len(sim.marker)), replace=False)
+    xy = sim.xy_px.copy()
+    angle = rng.uniform(0, 2 * np.pi, len(bad))
+    xy[bad] += rng.uniform(8, 25, len(bad))[:, None] * np.column_stack([np.cos(angle), np.sin(angle)])
+    return series_from_sim(sim.__class__(**{**sim.__dict__, "xy_px": xy})), bad
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_reweighting_inside_the_loop_reaches_the_nested_fixed_point(compiled, monkeypatch):
+    """Robust weights renewed inside one L-M run end where re-solving to convergence after every
+    re-weighting ends (the scheme it replaces): same weights, same predictions."""
+    from tiltflow.solver import _bundle
+
+    monkeypatch.setattr(_bundle, "COMPILED_MIN_OBSERVATIONS", 0 if compiled else 10**9)
+    series, bad = misclicked_series()
+    options = align.AlignOptions()
+    state = align.initial_state(series, options)
+    for name in ("initial", "main", "tilt"):
+        state = align.run_stage(name, series, state, options)
+    ours = align.run_stage("polish", series, state, options)
+    assert ours.stages[-1].robust_rounds >= 1
+    # the nested scheme: solve to convergence, re-weight, repeat until the weights settle
+    rank = np.empty(series.n_views, dtype=int)
+    rank[np.argsort(series.nominal_tilt_deg, kind="stable")] = np.arange(series.n_views)
+    factor = state.robust_weight
+    views, points = align.tie_weak_views(series, state.views), state.points_xyz_px
+    layout = align.stage_layout("polish", series, state, options, series.obs.weight * factor)
+    for _ in range(align.MAX_ROBUST_ROUNDS):
+        sol = solve_bundle(series.obs.with_weight(series.obs.weight * factor), views, points, layout)
+        views, points = sol.views, sol.points_xyz_px
+        pred = projection.project(points, views, series.obs.marker_index, series.obs.view_index, series.centre_xy_px)
+        new = align.robust_weights(pred - series.obs.xy_px, options.robust_k, series.obs.view_index, rank)
+        change, factor = np.max(np.abs(new - factor)), new
+        if change < align.ROBUST_SETTLED:
+            break
+    np.testing.assert_allclose(ours.robust_weight, factor, atol=0.01)
+    assert np.all(ours.robust_weight[bad] < 0.1)
+    o = series.obs
+    ref_pred = projection.project(points, views, o.marker_index, o.view_index, series.centre_xy_px)
+    our_pred = projection.project(ours.points_xyz_px, ours.views, o.marker_index, o.view_index, series.centre_xy_px)
+    assert np.max(np.abs(our_pred - ref_pred)[ours.robust_weight > 0]) < 0.01
+
+
+def test_blas_threads_limits_and_checks():
+    from threadpoolctl import threadpool_info
+
+    from tiltflow.solver import blas_threads
+
+    with blas_threads(1):
+        assert all(info["num_threads"] == 1 for info in threadpool_info() if info["user_api"] == "blas")
+    with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
+        with blas_threads(0):
+            pass
+
+
+def test_scipy_reference_sparse_jacobian_is_the_dense_one(small_sim):
+    from tiltflow.solver import ScipyProblem
+
+    series = series_from_sim(small_sim)
+    options = align.AlignOptions(rotation="grouped", tilt="grouped", distortion="grouped")
+    state = align.initial_state(series, options)
+    layout = align.stage_layout("polish", series, state, options)
+    problem = ScipyProblem(series.obs, state.views, state.points_xyz_px, layout)
+    x = np.random.default_rng(1).normal(0, 1e-3, layout.n_params)
+    np.testing.assert_allclose(problem.jac_sparse(x).toarray(), problem.jac(x), rtol=1e-12, atol=1e-12)
+    assert problem.jac_sparse(x).nnz <= problem.sparsity().nnz
