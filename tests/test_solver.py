@@ -167,9 +167,8 @@ def test_blas_threads_limits_and_checks():
 
     with blas_threads(1):
         assert all(info["num_threads"] == 1 for info in threadpool_info() if info["user_api"] == "blas")
-    with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
-        with blas_threads(0):
-            pass
+    with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"), blas_threads(0):
+        pass
 
 
 def test_scipy_reference_sparse_jacobian_is_the_dense_one(small_sim):

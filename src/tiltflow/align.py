@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Robust re-weighting rounds at most per stage (the weights usually settle in 2-4).
 MAX_ROBUST_ROUNDS = 10
+#: Robust weights have settled when no observation's weight changed by more than this in a round.
+ROBUST_SETTLED = 1e-3
 #: Robust scale groups: the views within this many places in tilt order of an observation's view.
 ROBUST_VIEW_WINDOW = 2
 #: The image tilt-axis estimate seeds the L-M stages when its bootstrap uncertainty is below this.
@@ -649,7 +651,7 @@ def _run_stage(stage, series, state, options):
         rounds[0] += 1
         change = np.max(np.abs(new_factor - factors[0])) if len(new_factor) else 0.0
         factors[0] = new_factor
-        if change < 1e-3:
+        if change < ROBUST_SETTLED:
             return None
         return series.obs.weight * new_factor
 

@@ -6,7 +6,14 @@ Public API: :class:`Observations`, :class:`Layout`, :func:`solve_bundle`,
 
 from ..model import Observations
 from ..options import LMOptions
-from ._bundle import BundleProblem, BundleSolution, Layout, blas_threads, solve_bundle, warm_up
+from ._bundle import (
+    BundleProblem,
+    BundleSolution,
+    Layout,
+    blas_threads,
+    solve_bundle,
+    warm_up,
+)
 from ._lm import TERMINATION_MESSAGES, LMReport, levenberg_marquardt
 from ._schur import SchurStructure
 

@@ -312,12 +312,26 @@ def blas_threads(threads):
     with two).  Libraries loaded inside the block are not limited: load them
     first (:func:`warm_up`).
     """
-    from threadpoolctl import threadpool_limits
-
     if not (isinstance(threads, (int, np.integer)) and threads >= 1):
         raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
-    with threadpool_limits(limits=int(threads), user_api="blas"):
+    with _blas_controller().limit(limits=int(threads), user_api="blas"):
         yield
+
+
+_controllers = {}
+
+
+def _blas_controller():
+    """A threadpoolctl controller of the BLAS libraries loaded now (finding them scans the process's
+    libraries, ~2 ms: done once, and again once scipy.linalg has brought its own OpenBLAS)."""
+    import sys
+
+    from threadpoolctl import ThreadpoolController
+
+    key = "scipy.linalg" in sys.modules
+    if key not in _controllers:
+        _controllers[key] = ThreadpoolController()
+    return _controllers[key]
 
 
 _warmed_up = set()
