@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _rendered import rendered_series
 
 from tiltflow import coarse, simulate
 from tiltflow.io.mrc import Stack, write_stack
@@ -34,13 +35,7 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "coarse.json"))
     args = ap.parse_args()
     n = args.size
-    spec = simulate.SimulationSpec(n_views=61, n_markers=30, n_full_tracks=30, width=n, height=n,
-                                   thickness_px=n / 6, tilt_axis_deg=84.0, shift_max_px=100.0 * n / 1024, seed=1)
-    sim = simulate.simulate(spec)
-    t0 = time.perf_counter()
-    views = simulate.render_stack(sim, spec.thickness_px, simulate.RenderSpec(n_blobs=int(1500 * (n / 384) ** 2),
-                                                                              dose=200, seed=1))
-    render_s = time.perf_counter() - t0
+    spec, sim, _, views, render_s = rendered_series(n)
     ref = int(np.argmin(np.abs(sim.nominal_tilt_deg)))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "stack.mrc"

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _rendered import rendered_series
 
 from tiltflow import simulate
 from tiltflow.image_align import align_from_images
@@ -49,14 +50,7 @@ def main():
     args = ap.parse_args()
     n = args.size
     options = StackMatchOptions(finest_size_px=args.finest_size, band_height_px=args.band_height)
-    spec = simulate.SimulationSpec(n_views=61, n_markers=30, n_full_tracks=30, width=n, height=n,
-                                   thickness_px=n / 6, tilt_axis_deg=84.0, shift_max_px=100.0 * n / 1024,
-                                   rotation_sd_deg=0.0, seed=1)
-    sim = simulate.simulate(spec)
-    render = simulate.RenderSpec(n_blobs=int(1500 * (n / 384) ** 2), dose=200, seed=1)
-    t0 = time.perf_counter()
-    views = simulate.render_stack(sim, spec.thickness_px, render)
-    render_s = time.perf_counter() - t0
+    spec, sim, render, views, render_s = rendered_series(n, rotation_sd_deg=0.0)
     ref = int(np.argmin(np.abs(sim.nominal_tilt_deg)))
     true = sim.views[:, 3:] - sim.views[ref, 3:]
     axis_true = float(np.rad2deg(sim.views[:, 1]).mean())

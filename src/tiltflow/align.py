@@ -636,21 +636,21 @@ def _run_stage(stage, series, state, options):
     views = regularise_groups(views, stage_groups(stage, series, state, options, distortion), series.nominal_tilt_deg)
     rank = np.empty(series.n_views, dtype=int)
     rank[np.argsort(series.nominal_tilt_deg, kind="stable")] = np.arange(series.n_views)
-    rounds = [0]
-    factors = [factor]
+    robust_rounds = 0
 
-    def reweight(_state, resid_xy_px):
+    def reweight(resid_xy_px):
         """Tukey weights at a nearly converged state (None once they settle or after MAX_ROBUST_ROUNDS)."""
-        if rounds[0] >= MAX_ROBUST_ROUNDS:
+        nonlocal robust_rounds, factor
+        if robust_rounds >= MAX_ROBUST_ROUNDS:
             return None
         new_factor = robust_weights(resid_xy_px, options.robust_k, series.obs.view_index, rank)
         # a marker left with fewer than MIN_OBSERVATIONS_PER_MARKER points is fitted by its own position
         # alone (its residuals say nothing): it is rejected whole, as the import drops such markers
         kept = weighted_observations_per_marker(series, new_factor)
         new_factor[(kept < MIN_OBSERVATIONS_PER_MARKER)[series.obs.marker_index]] = 0.0
-        rounds[0] += 1
-        change = np.max(np.abs(new_factor - factors[0])) if len(new_factor) else 0.0
-        factors[0] = new_factor
+        robust_rounds += 1
+        change = np.max(np.abs(new_factor - factor)) if len(new_factor) else 0.0
+        factor = new_factor
         if change < ROBUST_SETTLED:
             return None
         return series.obs.weight * new_factor
@@ -658,8 +658,7 @@ def _run_stage(stage, series, state, options):
     obs = series.obs.with_weight(series.obs.weight * factor)
     layout = stage_layout(stage, series, state, options, obs.weight, distortion)
     sol = solve_bundle(obs, views, points, layout, options.lm, reweight=reweight if robust else None)
-    views, points = sol.views, sol.points_xyz_px
-    iterations, robust_rounds, factor = sol.report.iterations, rounds[0], factors[0]
+    views, points, iterations = sol.views, sol.points_xyz_px, sol.report.iterations
     if robust and rejected_markers(series, series.obs.weight * factor).any():
         # markers the re-weighting rejected whole: the layout holds them (reported as held)
         layout = stage_layout(stage, series, state, options, series.obs.weight * factor, distortion)

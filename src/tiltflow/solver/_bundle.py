@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 
 import numpy as np
@@ -272,8 +273,8 @@ def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), elimina
         kernels from :data:`COMPILED_MIN_OBSERVATIONS` observations on
         (``"auto"``, default).
     reweight : callable, optional
-        ``reweight((views, points), resid_xy_px) -> weights or None``
-        (``resid_xy_px`` (n_obs, 2) unweighted ``pred - obs``): robust
+        ``reweight(resid_xy_px) -> weights or None`` (``resid_xy_px``
+        (n_obs, 2): unweighted ``pred - obs`` at the current state): robust
         re-weighting inside the loop (see :func:`levenberg_marquardt`).
         Observations whose weight drops to 0 keep the layout: their
         parameters, left without information, are held in place by the
@@ -295,7 +296,7 @@ def solve_bundle(obs, views, points_xyz_px, layout, options=LMOptions(), elimina
     problem = BundleProblem(obs, layout, eliminate, compiled)
     (v, p), report = levenberg_marquardt(
         problem, (views, points_xyz_px), options,
-        None if reweight is None else (lambda state: reweight(state, problem.residual_vectors(state))),
+        None if reweight is None else (lambda state: reweight(problem.residual_vectors(state))),
     )
     seconds = time.perf_counter() - t0
     return BundleSolution(v, p, report, seconds, problem.structure.eliminate, layout.n_params)
@@ -324,8 +325,6 @@ _controllers = {}
 def _blas_controller():
     """A threadpoolctl controller of the BLAS libraries loaded now (finding them scans the process's
     libraries, ~2 ms: done once, and again once scipy.linalg has brought its own OpenBLAS)."""
-    import sys
-
     from threadpoolctl import ThreadpoolController
 
     key = "scipy.linalg" in sys.modules

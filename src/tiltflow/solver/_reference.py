@@ -33,6 +33,11 @@ class ScipyProblem:
         self._cols = np.concatenate(
             [layout.view_map[obs.view_index].reshape(n, -1), layout.point_map[obs.marker_index]], axis=1
         )
+        # the Jacobian's non-zero entries: observation, expanded column, and their (row, parameter)
+        self._obs_idx, self._col = np.nonzero(self._cols >= 0)
+        params = self._cols[self._obs_idx, self._col]
+        self._rows = np.concatenate([2 * self._obs_idx, 2 * self._obs_idx + 1])
+        self._params = np.concatenate([params, params])
 
     def unpack(self, x):
         """``(views, points)`` at ``x``."""
@@ -63,22 +68,15 @@ class ScipyProblem:
         o = self.obs
         _, jv, jp = projection.project_with_jacobian(p, v, o.marker_index, o.view_index, o.centre_xy_px)
         block = expand_jacobian(jv, jp, self.layout.view_weight[o.view_index])  # (n, 2, n_cols)
-        obs_idx, col = np.nonzero(self._cols >= 0)
-        params = self._cols[obs_idx, col]
-        rows = np.concatenate([2 * obs_idx, 2 * obs_idx + 1])
-        cols = np.concatenate([params, params])
-        vals = np.concatenate([block[obs_idx, 0, col], block[obs_idx, 1, col]])
+        vals = np.concatenate([block[self._obs_idx, 0, self._col], block[self._obs_idx, 1, self._col]])
         n = len(o.marker_index)
-        return scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(2 * n, self.layout.n_params))
+        return scipy.sparse.csr_matrix((vals, (self._rows, self._params)), shape=(2 * n, self.layout.n_params))
 
     def sparsity(self):
         """Sparse 0/1 pattern of the Jacobian (for finite differences)."""
         n = len(self.obs.marker_index)
-        obs_idx, col = np.nonzero(self._cols >= 0)
-        params = self._cols[obs_idx, col]
-        rows = np.concatenate([2 * obs_idx, 2 * obs_idx + 1])
-        cols = np.concatenate([params, params])
-        pattern = scipy.sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(2 * n, self.layout.n_params))
+        pattern = scipy.sparse.coo_matrix((np.ones(len(self._rows)), (self._rows, self._params)),
+                                          shape=(2 * n, self.layout.n_params))
         pattern = pattern.tocsr()
         pattern.data[:] = 1.0
         return pattern
