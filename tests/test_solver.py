@@ -182,3 +182,25 @@ def test_scipy_reference_sparse_jacobian_is_the_dense_one(small_sim):
     x = np.random.default_rng(1).normal(0, 1e-3, layout.n_params)
     np.testing.assert_allclose(problem.jac_sparse(x).toarray(), problem.jac(x), rtol=1e-12, atol=1e-12)
     assert problem.jac_sparse(x).nnz <= problem.sparsity().nnz
+
+
+def test_kept_system_solves_agree_with_and_without_scipy(monkeypatch):
+    """The kept system is solved by scipy's Cholesky when scipy.linalg is loaded and by numpy otherwise:
+    same solution, and both refuse a matrix that is not positive definite."""
+    import sys
+
+    import scipy.linalg  # noqa: F401
+
+    from tiltflow.solver import _schur
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(300, 300))
+    s, rhs = a @ a.T + 300 * np.eye(300), rng.normal(size=300)
+    with_scipy = _schur._spd_solve(s.copy(), rhs)
+    bad = s.copy()
+    bad[0, 0] = -1.0
+    assert _schur._spd_solve(bad.copy(), rhs) is None
+    monkeypatch.delitem(sys.modules, "scipy.linalg")
+    np.testing.assert_allclose(_schur._spd_solve(s.copy(), rhs), with_scipy, rtol=1e-10)
+    np.testing.assert_allclose(s @ with_scipy, rhs, atol=1e-9)
+    assert _schur._spd_solve(bad.copy(), rhs) is None
