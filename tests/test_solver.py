@@ -204,3 +204,90 @@ def test_kept_system_solves_agree_with_and_without_scipy(monkeypatch):
     np.testing.assert_allclose(_schur._spd_solve(s.copy(), rhs), with_scipy, rtol=1e-10)
     np.testing.assert_allclose(s @ with_scipy, rhs, atol=1e-9)
     assert _schur._spd_solve(bad.copy(), rhs) is None
+
+
+def _reduced_system(rng, n_groups, b, m, ridge):
+    """Random damped eliminated blocks (as inverse Cholesky factors) and coupling of a reduced system."""
+    a = rng.normal(size=(n_groups, b, b))
+    hee = a @ a.transpose(0, 2, 1) + b * np.eye(b)
+    linv = np.linalg.inv(np.linalg.cholesky(hee))
+    hek = rng.normal(size=(n_groups, b, m))
+    u = (linv @ hek).reshape(-1, m)
+    hkk = u.T @ u + ridge
+    return linv, hek, hkk
+
+
+@pytest.mark.parametrize("condition, double_fallback", [(1e2, False), (1e11, True)])
+def test_mixed_precision_reduced_solve_matches_double_precision(condition, double_fallback, monkeypatch):
+    """The single-precision reduced system with one double-precision refinement gives the double-precision
+    solution (1e-9) however the system is conditioned: refined when single precision suffices, solved again
+    in double precision when it does not (condition 1e11 is beyond single precision)."""
+    import scipy.linalg
+
+    from tiltflow.solver import _schur
+
+    rng = np.random.default_rng(11)
+    m = 240
+    q, _ = np.linalg.qr(rng.normal(size=(m, m)))
+    ridge = (q * np.geomspace(1.0, 1.0 / condition, m)) @ q.T  # S = ridge + damping: its conditioning
+    linv, hek, hkk = _reduced_system(rng, 150, 3, m, ridge)
+    damping = np.full(m, 1e-14)
+    rhs = rng.normal(size=m)
+    s = ridge + np.diag(damping)
+    expected = np.linalg.solve(s, rhs)
+    fallbacks = []
+    monkeypatch.setattr(_schur, "_spd_solve", lambda *a: fallbacks.append(1) or np.linalg.solve(*a))
+    got = _schur._mixed_reduced_solve(scipy.linalg, linv, hek, hkk, damping, rhs)
+    assert bool(fallbacks) == double_fallback
+    assert np.linalg.norm(s @ got - rhs) <= 1e-9 * np.linalg.norm(rhs) * condition
+    np.testing.assert_allclose(got, expected, rtol=1e-9 * condition, atol=1e-9 * condition * np.abs(expected).max())
+
+
+def test_mixed_precision_reduced_solve_refuses_an_indefinite_system():
+    import scipy.linalg
+
+    from tiltflow.solver import _schur
+
+    rng = np.random.default_rng(12)
+    linv, hek, hkk = _reduced_system(rng, 100, 3, 220, np.zeros((220, 220)))
+    hkk[5, 5] -= 10.0  # S = hkk - U^T U has a negative diagonal entry
+    assert _schur._mixed_reduced_solve(scipy.linalg, linv, hek, hkk, np.zeros(220), rng.normal(size=220)) is None
+
+
+def test_bundle_steps_in_mixed_precision_are_the_double_precision_steps(monkeypatch):
+    """On a bundle problem whose reduced system is large enough for single precision (61 views x 90 markers:
+    270 kept coordinates, 244 kept view parameters), the steps and the solution equal those of the
+    double-precision solve (scipy.linalg not loaded)."""
+    import sys
+
+    import scipy.linalg  # noqa: F401
+
+    from tiltflow.solver import _schur
+
+    spec = simulate.SimulationSpec(n_views=61, n_markers=90, n_full_tracks=30, noise_px=0.4, seed=8)
+    series = series_from_sim(simulate.simulate(spec))
+    options = align.AlignOptions()
+    state = align.initial_state(series, options)
+    layout = align.stage_layout("polish", series, state, options)
+    x = (state.views, state.points_xyz_px)
+    refined = []
+    monkeypatch.setattr(_schur, "_mixed_reduced_solve",
+                        lambda *a, f=_schur._mixed_reduced_solve: refined.append(1) or f(*a))
+    results = {}
+    for mixed in (True, False):
+        if not mixed:
+            monkeypatch.delitem(sys.modules, "scipy.linalg")
+        for eliminate in ("points", "views"):
+            problem = BundleProblem(series.obs, layout, eliminate, compiled=False)
+            assert problem.structure.n_kept >= _schur.MIXED_MIN
+            _, ne = problem.linearize(x)
+            step = ne.solve(1e-4, *ne.diagonal())
+            sol = solve_bundle(series.obs, *x, layout, eliminate=eliminate, compiled=False)
+            results[mixed, eliminate] = step, sol
+    assert refined
+    for eliminate in ("points", "views"):
+        (step_m, sol_m), (step_d, sol_d) = results[True, eliminate], results[False, eliminate]
+        np.testing.assert_allclose(step_m, step_d, rtol=1e-7, atol=1e-9 * np.abs(step_d).max())
+        assert sol_m.report.iterations == sol_d.report.iterations
+        np.testing.assert_allclose(sol_m.points_xyz_px, sol_d.points_xyz_px, atol=1e-6)
+        np.testing.assert_allclose(sol_m.views, sol_d.views, atol=1e-9)

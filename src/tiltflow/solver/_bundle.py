@@ -232,7 +232,7 @@ class BundleProblem:
             arrays = st.zeros()
             c = _kernels().linearize(
                 points, views, o.marker_index, o.view_index, o.xy_px, self.sqrt_w[:, 0],
-                o.centre_xy_px[0], o.centre_xy_px[1], st.eliminate == "points", st.e_free,
+                o.centre_xy_px[0], o.centre_xy_px[1], st.eliminate == "points", st.e_free, st.e_colmap,
                 st.kpos_view, st.view_weight, st.kpos_point, *arrays,
             )
             return float(c), NormalEquations(st, *arrays)

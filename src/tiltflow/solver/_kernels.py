@@ -67,13 +67,15 @@ def residual_vectors(points, views, marker_index, view_index, xy, cx, cy, out): 
 
 @njit(cache=True, fastmath=False)
 def linearize(points, views, marker_index, view_index, xy, sqrt_w, cx, cy,
-              eliminate_points, e_free, kpos_view, view_weight, kpos_point,
+              eliminate_points, e_free, e_colmap, kpos_view, view_weight, kpos_point,
               hee, hek, hkk, ge, gk):  # pragma: no cover - compiled
     """Accumulate the normal equations; returns the cost.
 
     ``kpos_view (n_views, 7, 2)`` and ``view_weight`` give each view slot's
     kept position (-1: none) and weight; with ``eliminate_points`` false,
-    slot 0 of a view parameter with ``e_free`` is eliminated instead.
+    slot 0 of view parameter ``c`` is eliminated instead, as block column
+    ``e_colmap[c]`` (-1: none) where ``e_free`` says it is free; with
+    ``eliminate_points``, coordinate ``c`` is block column ``e_colmap[c]``.
     ``hee (n_groups, b, b)``, ``hek (n_groups, b, m)``, ``hkk (m, m)``,
     ``ge (n_groups, b)``, ``gk (m,)`` must be zero on entry.
     """
@@ -140,8 +142,10 @@ def linearize(points, views, marker_index, view_index, xy, sqrt_w, cx, cy,
             for slot in range(2):
                 kc = kpos_view[j, c, slot]
                 ec = -1
-                if not eliminate_points and slot == 0 and e_free[j, c]:
-                    ec = c
+                if not eliminate_points and slot == 0:
+                    ec = e_colmap[c]
+                    if ec >= 0 and not e_free[j, ec]:
+                        ec = -1
                 if kc >= 0 or ec >= 0:
                     wt = view_weight[j, c, slot]
                     a0[n_act] = base[0, c] * wt
@@ -153,8 +157,9 @@ def linearize(points, views, marker_index, view_index, xy, sqrt_w, cx, cy,
             ec = -1
             kc = -1
             if eliminate_points:
-                if e_free[i, c]:
-                    ec = c
+                ec = e_colmap[c]
+                if ec >= 0 and not e_free[i, ec]:
+                    ec = -1
             else:
                 kc = kpos_point[i, c]
             if kc >= 0 or ec >= 0:

@@ -148,11 +148,14 @@ def levenberg_marquardt(problem, state, options=LMOptions(), reweight=None):
                 status = 4 if (f_small and step_small) else (2 if f_small else 3)
                 break
         else:
-            if step_small or mu * nu > 1e16:
+            # a rejected step that the model predicted to gain (and lost) no more than ftol of the cost:
+            # the cost is at its minimum to rounding (MINPACK's test counts rejected steps too)
+            f_small = np.isfinite(new_cost) and abs(actual) <= options.ftol * cost and 0 <= predicted <= options.ftol * cost
+            if step_small or f_small or mu * nu > 1e16:
                 if reweighted():
                     mu, nu, relinearize = options.initial_damping, 2.0, True
                     continue
-                status = 3 if step_small else 5
+                status = 3 if step_small else (2 if f_small else 5)
                 break
             mu *= nu
             nu *= 2.0
