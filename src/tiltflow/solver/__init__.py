@@ -11,6 +11,7 @@ from ._bundle import (
     BundleSolution,
     Layout,
     blas_threads,
+    keep_freed_memory,
     solve_bundle,
     warm_up,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "ScipyProblem",
     "TERMINATION_MESSAGES",
     "blas_threads",
+    "keep_freed_memory",
     "levenberg_marquardt",
     "solve_bundle",
     "warm_up",

@@ -136,7 +136,7 @@ class SchurStructure:
             kpos = np.concatenate([self.kpos_point[marker_index],
                                    self.kpos_view[view_index].reshape(len(view_index), N_SLOTS)[:, slot_cols]], axis=1)
         self._obs_layout = (group_of_obs, np.where(kpos >= 0, kpos, m))
-        self._targets = None
+        self._plan = None
         # per observation and column of each side: which base derivative (N_VIEW view columns, then
         # x, y, z) it takes and with what weight (slot weight, 0 where held); fixed for the layout
         n_obs = len(view_index)
@@ -184,21 +184,39 @@ class SchurStructure:
         jk = base[:, :, self._k_src] * self._k_wt[:, None, :]
         return g, je, jk, kpos
 
-    def _numpy_targets(self):
-        """Scatter targets of the pure-numpy assembly (built on first use)."""
-        if self._targets is None:
+    def _numpy_plan(self):
+        """Where the numpy assembly accumulates each product (built on first use).
+
+        The active columns of an observation are its block's ``b`` columns
+        then its ``nk`` kept columns; for each pair ``i <= j`` of them (the
+        upper triangle of the per-observation ``J^T J``) and for each column's
+        gradient entry, the flat position in one buffer holding ``hee``
+        (upper triangles), ``hek``, ``hkk`` (upper triangle, dummy row and
+        column ``m`` for held unknowns), ``ge`` and ``gk``.  One ``bincount``
+        then accumulates every product of an iteration.
+        """
+        if self._plan is None:
             g, kpos = self._obs_layout
-            b, m = self.block_size, self.n_kept
+            b, m, ng = self.block_size, self.n_kept, self.n_groups
             mp = m + 1
-            ib = np.arange(b)
-            self._targets = {
-                "ee": ((g[:, None, None] * b + ib[None, :, None]) * b + ib[None, None, :]).ravel(),
-                "ek": ((g[:, None, None] * b + ib[None, :, None]) * mp + kpos[:, None, :]).ravel(),
-                "kk": (kpos[:, :, None] * mp + kpos[:, None, :]).ravel(),
-                "ge": (g[:, None] * b + ib[None, :]).ravel(),
-                "gk": kpos.ravel(),
-            }
-        return self._targets
+            q = b + kpos.shape[1]
+            ends = np.cumsum([ng * b * b, ng * b * mp, mp * mp, ng * b, mp])
+            iu, ju = np.triu_indices(q)
+            rows = []
+            for i, j in zip(iu, ju):
+                if j < b:
+                    rows.append((g * b + i) * b + j)
+                elif i < b:
+                    rows.append(ends[0] + (g * b + i) * mp + kpos[:, j - b])
+                else:
+                    ki, kj = kpos[:, i - b], kpos[:, j - b]
+                    rows.append(ends[1] + np.minimum(ki, kj) * mp + np.maximum(ki, kj))
+            rows += [ends[2] + g * b + i for i in range(b)]
+            rows += [ends[3] + kpos[:, i] for i in range(kpos.shape[1])]
+            weight = np.concatenate([self._e_wt, self._k_wt], axis=1).T  # (q, n_obs)
+            self._plan = (np.concatenate(rows), iu, ju, np.concatenate([self._e_src, self._k_src]),
+                          np.ascontiguousarray(weight), ends)
+        return self._plan
 
     def assemble(self, jac_view, jac_point, resid):
         """Accumulate ``J^T J`` and ``J^T r`` in block form.
@@ -217,15 +235,25 @@ class SchurStructure:
         """
         b, m, ng = self.block_size, self.n_kept, self.n_groups
         mp = m + 1
-        t = self._numpy_targets()
-        _, je, jk, _ = self.blocks(jac_view, jac_point)
-        hee = np.bincount(t["ee"], _atb(je, je), minlength=ng * b * b).reshape(ng, b, b)
-        hek = np.bincount(t["ek"], _atb(je, jk), minlength=ng * b * mp).reshape(ng, b, mp)[:, :, :m]
-        hkk = np.bincount(t["kk"], _atb(jk, jk), minlength=mp * mp).reshape(mp, mp)[:m, :m]
-        r0, r1 = resid[:, 0:1], resid[:, 1:2]
-        ge = np.bincount(t["ge"], (je[:, 0] * r0 + je[:, 1] * r1).ravel(), minlength=ng * b).reshape(ng, b)
-        gk = np.bincount(t["gk"], (jk[:, 0] * r0 + jk[:, 1] * r1).ravel(), minlength=mp)[:m]
-        return NormalEquations(self, hee, np.ascontiguousarray(hek), np.ascontiguousarray(hkk), ge, gk)
+        targets, iu, ju, src, weight, ends = self._numpy_plan()
+        # the active columns, column-major: jac[r] (q, n_obs) is row r of every observation's block
+        base = np.concatenate([jac_view, jac_point], axis=2).transpose(1, 2, 0)
+        jac = base[:, src] * weight
+        j0, j1 = jac[0], jac[1]
+        npairs = len(iu)
+        values = np.empty((npairs + len(src), j0.shape[1]))
+        np.multiply(j0[iu], j0[ju], out=values[:npairs])
+        values[:npairs] += j1[iu] * j1[ju]
+        np.multiply(j0, resid[:, 0], out=values[npairs:])
+        values[npairs:] += j1 * resid[:, 1]
+        flat = np.bincount(targets, values.ravel(), minlength=ends[-1])
+        hee = flat[:ends[0]].reshape(ng, b, b)
+        hee = hee + np.triu(hee, 1).transpose(0, 2, 1)  # upper triangles -> symmetric blocks
+        hek = flat[ends[0]:ends[1]].reshape(ng, b, mp)[:, :, :m]
+        hkk = flat[ends[1]:ends[2]].reshape(mp, mp)[:m, :m]
+        hkk = hkk + np.triu(hkk, 1).T
+        return NormalEquations(self, hee, np.ascontiguousarray(hek), hkk, flat[ends[2]:ends[3]].reshape(ng, b),
+                               flat[ends[3]:ends[3] + m].copy())
 
 
 #: Kept systems from this size on are solved by scipy's Cholesky (one factorisation) when
