@@ -291,3 +291,19 @@ def test_bundle_steps_in_mixed_precision_are_the_double_precision_steps(monkeypa
         assert sol_m.report.iterations == sol_d.report.iterations
         np.testing.assert_allclose(sol_m.points_xyz_px, sol_d.points_xyz_px, atol=1e-6)
         np.testing.assert_allclose(sol_m.views, sol_d.views, atol=1e-9)
+
+
+def test_window_medians_are_the_medians_compiled_or_not(monkeypatch):
+    """Windowed medians (robust scales) equal np.median per window, odd and even counts, both code paths."""
+    from tiltflow.solver import _bundle, window_medians
+
+    rng = np.random.default_rng(4)
+    values = rng.exponential(size=6000)
+    lo = np.array([0, 10, 11, 500, 5999])
+    hi = np.array([7, 20, 12, 5000, 6000])
+    expected = [np.median(values[a:b]) for a, b in zip(lo, hi)]
+    np.testing.assert_allclose(window_medians(values, lo, hi), expected, rtol=1e-15)  # compiled: 6,000 values
+    monkeypatch.setattr(_bundle, "COMPILED_MIN_OBSERVATIONS", 10**9)
+    np.testing.assert_allclose(window_medians(values, lo, hi), expected, rtol=1e-15)
+    with pytest.raises(ValueError, match="window 1"):
+        window_medians(values, lo, np.array([7, 10, 12, 5000, 6000]))

@@ -30,7 +30,7 @@ from . import projection
 from .model import MIN_MARKERS_PER_VIEW, MIN_OBSERVATIONS_PER_MARKER, AlignmentState, StageReport
 from .options import AlignOptions, CoarseOptions
 from .projection import DMAG, DX, DY, N_VIEW, ROT, SCALE, SKEW, TILT
-from .solver import Layout, blas_threads, solve_bundle, warm_up
+from .solver import Layout, blas_threads, solve_bundle, warm_up, window_medians
 from .stages import STAGES, get_stage
 from .tiltorder import interpolate_over_tilt, walk_outward
 
@@ -529,19 +529,7 @@ def robust_weights(resid_xy_px, k=9.0, view_index=None, view_rank=None, window=R
         ranks = np.unique(sorted_rank)
         lo = np.searchsorted(sorted_rank, ranks - window)
         hi = np.searchsorted(sorted_rank, ranks + window + 1)
-        count = hi - lo
-        if len(ranks) * count.max() <= 100_000:
-            # small series: all windows at once, padded with +inf to one width and sorted row-wise
-            idx = lo[:, None] + np.arange(count.max())[None, :]
-            runs = np.where(idx < hi[:, None], sorted_len[np.minimum(idx, len(sorted_len) - 1)], np.inf)
-            runs.sort(axis=1)
-            rows = np.arange(len(ranks))
-            low, high = runs[rows, (count - 1) // 2], runs[rows, count // 2]
-        else:  # large ones: select the two middle values of each window (no full sort)
-            mid = [np.partition(sorted_len[a:b], [(b - a - 1) // 2, (b - a) // 2])[[(b - a - 1) // 2, (b - a) // 2]]
-                   for a, b in zip(lo, hi)]
-            low, high = np.array(mid).T
-        local = (low + high) / 2.0 * to_sigma  # the median (the mean of the two middle values for an even count)
+        local = window_medians(sorted_len, lo, hi) * to_sigma
         sigma = np.maximum(sigma, local[np.searchsorted(ranks, rank)])
     if not np.all(sigma > 0):
         return np.ones(len(length))

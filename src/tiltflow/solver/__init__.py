@@ -14,6 +14,7 @@ from ._bundle import (
     keep_freed_memory,
     solve_bundle,
     warm_up,
+    window_medians,
 )
 from ._lm import TERMINATION_MESSAGES, LMReport, levenberg_marquardt
 from ._schur import SchurStructure
@@ -33,6 +34,7 @@ __all__ = [
     "levenberg_marquardt",
     "solve_bundle",
     "warm_up",
+    "window_medians",
 ]
 
 

@@ -39,6 +39,32 @@ def _kernels():
     return kernels
 
 
+def window_medians(values, lo, hi):
+    """Median of each window ``values[lo[w]:hi[w]]`` (non-empty windows), shape (n_windows,).
+
+    The mean of the two middle values for an even count, as ``np.median``.
+    Compiled (one selection per window) from :data:`COMPILED_MIN_OBSERVATIONS`
+    values on, where the numba kernels are loaded anyway; otherwise all
+    windows at once, padded with +inf to one width and sorted row-wise
+    (measured: 0.04 ms at 107 windows x 100 values; 14 ms in numpy vs
+    2 ms compiled at 61 windows x 7,750).
+    """
+    values = np.asarray(values, dtype=float)
+    lo, hi = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+    count = hi - lo
+    if len(count) and count.min() < 1:
+        raise ValueError(f"windows must not be empty; window {int(np.argmin(count))} is")
+    if not len(count):
+        return np.zeros(0)
+    if use_compiled("auto", len(values)):
+        return _kernels().window_medians(values, lo, hi)
+    idx = lo[:, None] + np.arange(count.max())[None, :]
+    runs = np.where(idx < hi[:, None], values[np.minimum(idx, len(values) - 1)], np.inf)
+    runs.sort(axis=1)
+    rows = np.arange(len(count))
+    return (runs[rows, (count - 1) // 2] + runs[rows, count // 2]) / 2.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Which parameters are free and how they map to the unknown vector.
@@ -407,4 +433,6 @@ def warm_up(n_obs=None):
     for eliminate in ("points", "views"):
         solve_bundle(obs, views, points, layout, LMOptions(max_iterations=3), eliminate, compiled)
     BundleProblem(obs, layout, compiled=compiled).residual_vectors((views, points))
+    if compiled:
+        _kernels().window_medians(np.arange(3.0), np.zeros(1, dtype=np.int64), np.full(1, 3))
     _warmed_up.add(compiled)

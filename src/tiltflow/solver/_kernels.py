@@ -187,3 +187,12 @@ def linearize(points, views, marker_index, view_index, xy, sqrt_w, cx, cy,
                     if kcol[c] >= 0:
                         hkk[ka, kcol[c]] += ja0 * a0[c] + ja1 * a1[c]
     return 0.5 * total
+
+
+@njit(cache=True)
+def window_medians(values, lo, hi):  # pragma: no cover - compiled
+    """Median of ``values[lo[w]:hi[w]]`` for every window ``w`` (non-empty windows)."""
+    out = np.empty(lo.shape[0])
+    for w in range(lo.shape[0]):
+        out[w] = np.median(values[lo[w]:hi[w]])
+    return out
