@@ -307,3 +307,13 @@ def test_window_medians_are_the_medians_compiled_or_not(monkeypatch):
     np.testing.assert_allclose(window_medians(values, lo, hi), expected, rtol=1e-15)
     with pytest.raises(ValueError, match="window 1"):
         window_medians(values, lo, np.array([7, 10, 12, 5000, 6000]))
+
+
+@pytest.mark.skipif(not (__import__("sys").platform.startswith("linux")
+                         and __import__("platform").libc_ver()[0] == "glibc"), reason="glibc's mallopt only")
+def test_allocator_keeps_freed_memory_on_glibc():
+    """warm_up's allocator setting takes effect where glibc is the C library (idempotent)."""
+    from tiltflow.solver import keep_freed_memory
+
+    assert keep_freed_memory() is True
+    assert keep_freed_memory() is True
