@@ -256,10 +256,11 @@ class SchurStructure:
                                flat[ends[3]:ends[3] + m].copy())
 
 
-#: Kept systems from this size on are solved by scipy's Cholesky (one factorisation) when
-#: ``scipy.linalg`` is loaded (``warm_up`` loads it with the compiled kernels, for large problems);
-#: otherwise by numpy (a Cholesky as positive-definiteness test, then an LU solve), which spares a
-#: small job importing scipy.linalg.
+#: Double-precision kept systems from this size on are solved by scipy's Cholesky (one
+#: factorisation) when ``scipy.linalg`` is loaded (``warm_up`` loads it with the compiled kernels,
+#: for large problems; there this is the fallback of :func:`_mixed_reduced_solve`); otherwise by
+#: numpy (a Cholesky as positive-definiteness test, then an LU solve), which spares a small job
+#: importing scipy.linalg.
 SCIPY_CHOLESKY_MIN = 200
 
 
@@ -295,7 +296,7 @@ def _atv(a, v):
 
 
 #: Reduced systems from this size on are formed and factorised in single precision (twice the
-#: BLAS speed, half the memory traffic) and refined once in double precision (see
+#: BLAS speed, half the memory traffic) and refined in double precision (see
 #: :func:`_mixed_reduced_solve`); needs scipy.linalg loaded, as ``warm_up`` does for large problems.
 MIXED_MIN = 200
 #: Rows of the whitened coupling ``U`` converted to single precision at a time (bounds the copy).
