@@ -317,3 +317,23 @@ def test_allocator_keeps_freed_memory_on_glibc():
 
     assert keep_freed_memory() is True
     assert keep_freed_memory() is True
+
+
+def test_rounding_at_the_minimum_ends_the_fit_by_ftol(small_sim):
+    """Near the minimum, a step the model says gains less than ftol of the cost and that rounding makes
+    lose as little is the end of the fit (status 2, MINPACK's test), not a reason to raise the damping
+    until it overflows.  The rounding is simulated: every cost evaluation comes out 1e-12 high."""
+    from tiltflow.solver import levenberg_marquardt
+
+    class Rounded(BundleProblem):
+        def cost(self, state):
+            return super().cost(state) * (1.0 + 1e-12)
+
+    series = series_from_sim(small_sim)
+    options = align.AlignOptions(robust=False)
+    state = align.align(series, options)
+    layout = align.stage_layout("polish", series, state, options)
+    start = (state.views + [0.0, 0.0, 0.0, 0.05, 0.0, 0.0, 0.0], state.points_xyz_px)
+    (_, _), report = levenberg_marquardt(Rounded(series.obs, layout, compiled=False), start, LMOptions(ftol=1e-10))
+    assert report.status == 2, report.message
+    assert report.iterations <= 6
