@@ -337,3 +337,17 @@ def test_rounding_at_the_minimum_ends_the_fit_by_ftol(small_sim):
     (_, _), report = levenberg_marquardt(Rounded(series.obs, layout, compiled=False), start, LMOptions(ftol=1e-10))
     assert report.status == 2, report.message
     assert report.iterations <= 6
+
+
+def test_eliminated_blocks_keep_only_freed_columns(small_sim):
+    """With distortion off, the view blocks of the polish stage are the five columns it frees (tilt, rotation,
+    scale, dx, dy), not all seven view parameters with unit-diagonal distortion columns."""
+    series = series_from_sim(small_sim)
+    options = align.AlignOptions()
+    state = align.initial_state(series, options)
+    layout = align.stage_layout("polish", series, state, options)
+    st = BundleProblem(series.obs, layout, "views", compiled=False).structure
+    assert st.block_size == 5
+    assert list(np.flatnonzero(st.e_colmap >= 0)) == [projection.TILT, projection.ROT, projection.SCALE,
+                                                       projection.DX, projection.DY]
+    assert BundleProblem(series.obs, layout, "points", compiled=False).structure.block_size == 3
