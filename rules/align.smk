@@ -87,6 +87,7 @@ use rule align_initial as align_main with:
 
 use rule align_initial as align_tilt with:
     input:
+        unpack(distortion_start("tilt")),
         prepared="results/{series}/work/prepared.json",
         state="results/{series}/stages/main.json",
     output:
@@ -104,6 +105,7 @@ use rule align_initial as align_tilt with:
 
 use rule align_initial as align_polish with:
     input:
+        unpack(distortion_start("polish")),
         prepared="results/{series}/work/prepared.json",
         state="results/{series}/stages/tilt.json",
     output:

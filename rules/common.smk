@@ -12,7 +12,15 @@ from tiltflow.workflow.runtime import jobs_import_from, made_by_a_rule
 
 jobs_import_from(Path(workflow.basedir) / "src")
 
-from tiltflow.workflow.config import coarse_params, images_params, recon_params, stage_params, write_params
+from tiltflow.workflow.config import (
+    coarse_params,
+    distortion_start_stage,
+    final_stage_name,
+    images_params,
+    recon_params,
+    stage_params,
+    write_params,
+)
 from tiltflow.workflow.resources import stack_resources
 from tiltflow.workflow.sheet import read_sheet
 
@@ -166,8 +174,18 @@ def write_alignment_group(wildcards):
 
 def final_stage(wildcards):
     """State file of the last alignment stage (polish, or tilt when polish is off)."""
-    stage = "polish" if config["align"]["polish"] else "tilt"
-    return f"results/{wildcards.series}/stages/{stage}.json"
+    return f"results/{wildcards.series}/stages/{final_stage_name(config)}.json"
+
+
+def distortion_start(stage):
+    """Input function: ``start``, the state the leave-out test of distortion starts from, for the
+    run's last stage when distortion is asked for (nothing otherwise)."""
+
+    def inputs(wildcards):
+        start = distortion_start_stage(stage, config)
+        return {"start": f"results/{wildcards.series}/stages/{start}.json"} if start else {}
+
+    return inputs
 
 
 def plot_output(name):

@@ -1,4 +1,5 @@
-"""Rules align_initial, align_main, align_tilt, align_polish: one L-M stage."""
+"""Rules align_initial, align_main, align_tilt, align_polish: one L-M stage (the last one, with
+distortion asked for, also runs the leave-out test of distortion from the ``start`` state)."""
 from tiltflow.workflow import steps
 from tiltflow.workflow.runtime import run_logged
 
@@ -11,4 +12,5 @@ run_logged(
     dict(snakemake.params.options),
     snakemake.output.state,
     snakemake.threads,
+    snakemake.input.get("start"),
 )

@@ -67,7 +67,9 @@ def run_steps(folder, row, tag="run", config=None):
     state = coarse_state
     for stage in STAGE_NAMES:
         nxt = folder / f"{tag}.{stage}.json"
-        steps.align_stage(stage, prepared, state, wconfig.stage_params(stage, config), nxt)
+        start = wconfig.distortion_start_stage(stage, config)
+        steps.align_stage(stage, prepared, state, wconfig.stage_params(stage, config), nxt,
+                          start_path=folder / f"{tag}.{start}.json" if start else None)
         state = nxt
     steps.write_alignment(prepared, state, wconfig.write_params(config, bool(row.get("stack"))), row["series"],
                           {k: out[k] for k in names},

@@ -10,19 +10,23 @@ same model.
 """
 
 import dataclasses
+import json
 import logging
 
 import numpy as np
 import pytest
-from conftest import realdata, series_from_sim
+from conftest import realdata, run_steps, series_from_sim
+from test_accuracy import CASES as SIMULATIONS
+from test_accuracy import withhold
 from test_realdata import CASES
 
-from tiltflow import align, projection, simulate
+from tiltflow import align, io, projection, simulate
 from tiltflow.diagnostics import standard_errors
 from tiltflow.model import SeriesSpec
 from tiltflow.options import AlignOptions, ReconOptions
 from tiltflow.prepare import prepare
 from tiltflow.reconstruct import grid_matrix, view_matrices
+from tiltflow.selection import choose_distortion, paired_z
 
 
 def real_series(name):
@@ -61,6 +65,93 @@ def test_withheld_real_points_are_predicted_as_well_with_distortion(name):
     off, grouped = np.mean(errors["off"]), np.mean(errors["grouped"])
     print(f"{name}: withheld mean error {off:.4f} px without distortion, {grouped:.4f} px with (ratio {grouped / off:.4f})")
     assert grouped <= off
+
+
+@pytest.mark.parametrize("case", sorted(SIMULATIONS))
+def test_grouped_distortion_costs_at_most_2_percent_on_series_without_distortion(case, caplog):
+    """The acceptance simulations (no distortion), 10 % withheld: asking for grouped distortion predicts the
+    withheld points within 2 % of the model without it (the leave-out test drops distortion that only
+    fits noise; the same fit kept whatever the test says costs 3-4 %)."""
+    spec = SIMULATIONS[case]
+    sim = simulate.simulate(spec)
+    held = withhold(sim)
+    fit_sim = dataclasses.replace(sim, marker=sim.marker[~held], view=sim.view[~held], xy_px=sim.xy_px[~held])
+    series = series_from_sim(fit_sim, tilt_axis_deg=spec.tilt_axis_deg + 1.0)
+    true_pos = projection.project(sim.points_xyz_px, sim.views, sim.marker[held], sim.view[held], sim.centre_xy_px)
+
+    def err(state):
+        p = projection.project(state.points_xyz_px, state.views, sim.marker[held], sim.view[held], sim.centre_xy_px)
+        return float(np.sqrt(np.mean(np.sum((p - true_pos) ** 2, axis=1))))
+
+    off = align.align(series, AlignOptions())
+    with caplog.at_level(logging.WARNING, logger="tiltflow.selection"):
+        grouped = align.align(series, AlignOptions(distortion="grouped"))
+    always = align.align(series, AlignOptions(distortion="grouped", distortion_significance=None))
+    test = grouped.stages[-1].distortion_test
+    print(f"{case}: withheld error {err(off):.4f} px off, {err(grouped):.4f} grouped (tested: kept {test['kept']}, "
+          f"z {test['z']:+.2f}), {err(always):.4f} grouped kept always ({err(always) / err(off) - 1:+.1%})")
+    assert err(grouped) <= 1.02 * err(off)
+    assert test["mode"] == "grouped" and test["n_compared"] > 0.8 * len(series.obs.view_index)
+    assert always.stages[-1].distortion == "grouped" and always.stages[-1].distortion_test["z"] == test["z"]
+    if not test["kept"]:
+        # the solution without distortion is exactly the run with distortion off, and the log says why
+        assert grouped.stages[-1].distortion == "off"
+        np.testing.assert_allclose(grouped.views, off.views, atol=1e-12)
+        assert "distortion (grouped) NOT kept" in caplog.text and "align.distortion_significance" in caplog.text
+
+
+def test_paired_z_is_the_mean_difference_over_its_standard_error():
+    rng = np.random.default_rng(0)
+    a = rng.normal(1.0, 0.1, 400)
+    b = a + 0.02 + rng.normal(0.0, 0.05, 400)  # b is worse by 0.02 with 0.05 spread: z about -8
+    d = a - b
+    assert paired_z(a, b) == pytest.approx(d.mean() / d.std(ddof=1) * 20.0)
+    assert paired_z(a, b) < -5 and paired_z(b, a) == pytest.approx(-paired_z(a, b))
+    assert np.isnan(paired_z(a[:1], b[:1])) and np.isnan(paired_z(a, a))
+
+
+def test_choose_distortion_wants_a_distortion_solution_and_an_earlier_start():
+    series = series_from_sim(simulate.simulate(simulate.SimulationSpec(n_views=31, n_markers=12, seed=2)))
+    options = AlignOptions(distortion="grouped", robust=False)
+    state = align.initial_state(series, options)
+    states = {}
+    for name in ("initial", "main", "tilt"):
+        state = states[name] = align.run_stage(name, series, state, options)
+    with pytest.raises(ValueError, match="expected a state before stage tilt, got one after stage tilt"):
+        choose_distortion(series, states["tilt"], states["tilt"], options)
+    with pytest.raises(ValueError, match="without distortion"):
+        choose_distortion(series, states["main"], states["initial"], options)
+    with pytest.raises(ValueError, match="distortion_significance must be None or a finite number >= 0"):
+        AlignOptions(distortion_significance=-1.0)
+
+
+def test_the_workflow_reports_distortion_it_did_not_keep(tmp_path):
+    """A series without distortion run with align.distortion: grouped: the files are the solution without
+    distortion (.zfac all 0) and summary.json says what was tested and why it was not kept."""
+    spec = simulate.SimulationSpec(n_views=41, n_markers=20, n_full_tracks=10, width=1024, height=1024, noise_px=0.5,
+                                   seed=31)
+    sim = simulate.simulate(spec)
+    io.write_markers_csv(tmp_path / "m.csv", sim.marker + 1, sim.view, sim.xy_px)
+    io.write_tlt(tmp_path / "t.rawtlt", sim.nominal_tilt_deg, "8.2f")
+    row = {"series": "s", "markers": str(tmp_path / "m.csv"), "tilts": str(tmp_path / "t.rawtlt"),
+           "tilt_axis_angle": spec.tilt_axis_deg, "stack": "", "width": 1024, "height": 1024, "prexg": "",
+           "exclude_views": "", "tilt_offset": 0.0, "pixel_size": None}
+    config = {"align": {"distortion": "grouped"}, "coarse": {}, "robust": True}
+    out = run_steps(tmp_path, row, "grouped", config)
+    plain = run_steps(tmp_path, row, "off", {"align": {}, "coarse": {}, "robust": True})
+    summary = json.loads(out["summary"].read_text())
+    test = summary["distortion"]["test"]
+    print(f"z {test['z']:+.2f}, leave-out {test['leave_out_with']:.4f} with / {test['leave_out_without']:.4f} px "
+          f"without; kept {test['kept']}")
+    assert summary["distortion"]["requested"] == "grouped" and test["significance"] == 2.0
+    assert test["kept"] is False and test["z"] > -2.0
+    assert summary["distortion"]["mode"] == "off" and "not kept" in summary["distortion"]["note"]
+    assert "without" not in summary["distortion"]
+    np.testing.assert_array_equal(io.read_zfac(out["zfac"], 41), 0.0)
+    np.testing.assert_allclose(io.read_xf(out["xf"]), io.read_xf(plain["xf"]), atol=1e-9)
+    assert summary["leave_out_error"] == pytest.approx(test["leave_out_without"], rel=1e-9)
+    stages = summary["stages"]
+    assert stages[-1]["distortion_test"] == test and all(st["distortion_test"] is None for st in stages[:-1])
 
 
 def distorted_sim():

@@ -27,7 +27,12 @@ import time
 import numpy as np
 
 from . import projection
-from .model import MIN_MARKERS_PER_VIEW, MIN_OBSERVATIONS_PER_MARKER, AlignmentState, StageReport
+from .model import (
+    MIN_MARKERS_PER_VIEW,
+    MIN_OBSERVATIONS_PER_MARKER,
+    AlignmentState,
+    StageReport,
+)
 from .options import AlignOptions, CoarseOptions
 from .projection import DMAG, DX, DY, N_VIEW, ROT, SCALE, SKEW, TILT
 from .solver import Layout, blas_threads, solve_bundle, warm_up, window_medians
@@ -671,13 +676,26 @@ def _run_stage(stage, series, state, options):
 def align(series, options=AlignOptions(), shifts_px=None, threads=1):
     """All stages in order (what the workflow runs rule by rule).
 
+    With distortion asked for, the stages that free it are solved a second
+    time without it and the solution that predicts left-out points better
+    is kept (:func:`tiltflow.selection.choose_distortion`).
+
     Returns
     -------
     AlignmentState
     """
+    from .selection import (
+        choose_distortion,  # selection builds on this module and diagnostics
+    )
+
     state = initial_state(series, options, shifts_px)
+    start = None
     for stage in STAGES:
         if stage.name == "polish" and not options.polish:
             continue
+        if stage.distortion and start is None:
+            start = state
         state = run_stage(stage, series, state, options, threads)
+    if start is not None and state.stages[-1].distortion != "off":
+        state = choose_distortion(series, state, start, options, threads)
     return state

@@ -178,6 +178,9 @@ class StageReport:
     robust_rounds: int = 0
     distortion: str = "off"
     measured_to_unknowns: float = float("nan")
+    #: The leave-out test of distortion (:class:`tiltflow.selection.DistortionTest` as a dict), on the
+    #: last stage of a run that asked for distortion; None elsewhere.
+    distortion_test: dict | None = None
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -9,7 +9,7 @@ import logging
 import numpy as np
 
 from . import projection
-from .align import output_frame, rejected_markers, residual_summary, run_stage
+from .align import output_frame, rejected_markers, residual_summary
 from .diagnostics import covariance, leave_out, standard_errors
 from .model import AlignmentState, Prepared, Table
 from .options import AlignOptions
@@ -188,8 +188,6 @@ def build_result(prepared: Prepared, state: AlignmentState, options=AlignOptions
         "status": state.stages[-1].message if state.stages else "",
         "distortion": _distortion_summary(state, views, ~empty),
     }
-    if summary["distortion"]["mode"] != "off":
-        summary["distortion"]["without"] = _without_distortion(s, state, options, loo.error)
     if coarse:
         summary["coarse"] = coarse
         search = coarse.get("axis_search")
@@ -223,28 +221,19 @@ def _distortion_summary(state, views, aligned):
     }
     if solved and fell_back:
         out["note"] = f"stages {fell_back} solved without distortion"
+    test = state.stages[-1].distortion_test if state.stages else None
+    if test is not None:
+        # the leave-out test (tiltflow.selection): the solution not used, and which predicts better
+        out["test"] = test
+        out["requested"] = test["mode"]
+        if test["kept"]:
+            out["without"] = {"stage": test["stage"], "mean_residual": test["mean_residual_without"],
+                              "rms": test["rms_without"], "leave_out_error": test["leave_out_without"],
+                              "leave_out_ratio_with_to_without": test["leave_out_ratio_with_to_without"]}
+        else:
+            out["note"] = (f"distortion ({test['mode']}) was solved but not kept: it did not predict left-out points "
+                           f"significantly better (z {test['z']:+.2f}, ratio {test['leave_out_ratio_with_to_without']:.3f})")
     return out
-
-
-def _without_distortion(series, state, options, leave_out_with):
-    """``summary.json`` -> ``distortion`` -> ``without``: the last stage solved again without
-    distortion (from the final state), its mean residual and leave-out error, and the ratio of the
-    leave-out errors with / without (below 1: distortion generalises on this series).  Warns when
-    the model with distortion predicts left-out points worse."""
-    last = state.stages[-1]
-    plain = dataclasses.replace(options, distortion="off")
-    other = run_stage(last.name, series, state, plain)
-    loo = leave_out(series, other, plain)
-    ratio = leave_out_with / loo.error if loo.error > 0 else float("nan")
-    if ratio > 1.0:
-        log.warning("distortion (%s) predicts left-out points worse than the model without it: leave-out error "
-                    "%.4f px with, %.4f px without (ratio %.3f); align.distortion: off generalises better here",
-                    last.distortion, leave_out_with, loo.error, ratio)
-    else:
-        log.info("distortion (%s): leave-out error %.4f px with, %.4f px without (ratio %.3f)",
-                 last.distortion, leave_out_with, loo.error, ratio)
-    return {"stage": last.name, "mean_residual": other.stages[-1].mean_residual, "rms": other.stages[-1].rms,
-            "leave_out_error": loo.error, "leave_out_ratio_with_to_without": ratio}
 
 
 #: IMOD's ResidualReportCriterion: residuals this many SD above the mean (of the used points) are listed,

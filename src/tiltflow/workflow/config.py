@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..options import AlignOptions, CoarseOptions, LMOptions, MatchingOptions, ReconOptions
-from ..stages import get_stage
+from ..stages import STAGES, get_stage
 
 #: ``reconstruct`` keys whose option field has another name (units in the name).
 RECON_FIELD_NAMES = {"thickness": "thickness_px", "z_offset": "z_offset_px"}
@@ -28,7 +28,8 @@ MATCH_FIELD_NAMES = {"finest_size": "finest_size_px", "thickness": "thickness_px
 OPTION_FIELDS = {
     **{f"align.{k}": (AlignOptions, k) for k in ("rotation", "scale", "tilt", "distortion", "rotation_group",
                                                  "tilt_group", "scale_group", "stretch_group", "skew_group",
-                                                 "distortion_min_ratio", "reference_view", "polish")},
+                                                 "distortion_min_ratio", "distortion_significance", "reference_view",
+                                                 "polish")},
     "align.max_iterations": (LMOptions, "max_iterations"),
     "align.ftol": (LMOptions, "ftol"),
     "robust": (AlignOptions, "robust"),
@@ -48,6 +49,26 @@ def stage_params(stage, config):
     align = config.get("align") or {}
     values = {**align, "robust": config.get("robust")}  # None: the option's default
     return {k: values.get(k) for k in get_stage(stage).config_keys()}
+
+
+def final_stage_name(config):
+    """The last alignment stage a run has: ``polish``, or ``tilt`` with ``align.polish: false``."""
+    polish = (config.get("align") or {}).get("polish")
+    return "polish" if polish is None or polish else "tilt"
+
+
+def distortion_start_stage(stage, config):
+    """The stage whose state the leave-out test of distortion starts from, when ``stage`` is the run's
+    last and distortion is asked for (:func:`tiltflow.selection.choose_distortion`); None otherwise.
+
+    That is the stage before the first one that frees distortion (``main``): the test solves the
+    stages from there again without distortion.
+    """
+    distortion = (config.get("align") or {}).get("distortion")
+    if stage != final_stage_name(config) or distortion in (None, False, "off"):
+        return None
+    first = next(i for i, s in enumerate(STAGES) if s.distortion)
+    return STAGES[first - 1].name
 
 
 def coarse_params(config, has_stack):

@@ -55,14 +55,24 @@ def align_coarse(prepared_path, params, out_state, out_coarse_xf, threads=1):
     save_state(out_state, state, extra={"coarse": report})
 
 
-def align_stage(stage, prepared_path, state_path, params, out_state, threads=1):
+def align_stage(stage, prepared_path, state_path, params, out_state, threads=1, start_path=None):
     """Rules ``align_initial`` ... ``align_polish``: one L-M stage (:func:`tiltflow.align.run_stage`),
-    its BLAS limited to the job's ``threads``."""
+    its BLAS limited to the job's ``threads``.
+
+    ``start_path`` (the last stage of a run with distortion): the state the stages that free
+    distortion started from; distortion is then kept only if it generalises
+    (:func:`tiltflow.selection.choose_distortion`).
+    """
     from ..align import run_stage
+    from ..selection import choose_distortion
 
     prepared = load_prepared(prepared_path)
     state = load_state(state_path)
-    save_state(out_state, run_stage(stage, prepared.series, state, align_options(params), threads))
+    options = align_options(params)
+    state = run_stage(stage, prepared.series, state, options, threads)
+    if start_path is not None and state.stages[-1].distortion != "off":
+        state = choose_distortion(prepared.series, state, load_state(start_path), options, threads)
+    save_state(out_state, state)
 
 
 def write_alignment(prepared_path, state_path, params, series_name, out, coarse_path=None, threads=1):
