@@ -25,6 +25,8 @@ CHANGED = {
     "align.stretch_group": 8,
     "align.skew_group": 9,
     "align.distortion_min_ratio": 3.0,
+    "align.distortion_test": False,
+    "align.distortion_significance": 3.0,
     "coarse.binning": 2,
     "coarse.taper_fraction": 0.15,
     "coarse.filter_sigma1": 0.02,
@@ -67,6 +69,9 @@ READERS = {
        for k in ("align.tilt_group", "align.distortion", "align.stretch_group", "align.skew_group",
                  "align.distortion_min_ratio")},
     "align.reference_view": {"align_coarse": ("m", "st")},
+    # read by the last stage only when distortion is asked for (default off)
+    "align.distortion_test": {},
+    "align.distortion_significance": {},
     "align.polish": {"write_alignment": ("m", "st")},  # reads the tilt stage instead; align_polish is not run
     "align.max_iterations": {r: ("m", "st") for r in STAGES},
     "align.ftol": {r: ("m", "st") for r in STAGES},

@@ -676,9 +676,10 @@ def _run_stage(stage, series, state, options):
 def align(series, options=AlignOptions(), shifts_px=None, threads=1):
     """All stages in order (what the workflow runs rule by rule).
 
-    With distortion asked for, the stages that free it are solved a second
-    time without it and the solution that predicts left-out points better
-    is kept (:func:`tiltflow.selection.choose_distortion`).
+    With distortion asked for (and ``options.distortion_test``), the stages
+    that free it are solved a second time without it, and distortion is kept
+    only if it predicts left-out points significantly better
+    (:func:`tiltflow.selection.choose_distortion`).
 
     Returns
     -------
@@ -696,6 +697,6 @@ def align(series, options=AlignOptions(), shifts_px=None, threads=1):
         if stage.distortion and start is None:
             start = state
         state = run_stage(stage, series, state, options, threads)
-    if start is not None and state.stages[-1].distortion != "off":
+    if options.distortion_test and start is not None and state.stages[-1].distortion != "off":
         state = choose_distortion(series, state, start, options, threads)
     return state

@@ -100,13 +100,16 @@ class AlignOptions:
         weighted observation) to unknowns with it stays at or above this;
         below, the stage runs without distortion and says so (IMOD's
         "ratio of total measured values to all unknowns").
-    distortion_significance : float or None
-        The stages that free distortion are also solved without it, and
-        distortion is kept only when it lowers the leave-one-out error by
-        at least this many standard errors of the paired per-observation
-        difference (:mod:`tiltflow.selection`); otherwise the solution
-        without it is used (warned).  None keeps distortion whatever the
-        test says (the test is still reported in ``summary.json``).
+    distortion_test : bool
+        Test whether distortion generalises: the stages that free it are
+        also solved without it, and distortion is kept only when it lowers
+        the leave-one-out error by at least ``distortion_significance``
+        standard errors of the paired per-observation difference
+        (:mod:`tiltflow.selection`); otherwise the solution without it is
+        used (warned).  False keeps distortion untested (one solve, as
+        tiltalign).
+    distortion_significance : float
+        Standard errors (>= 0) the leave-out error must fall by.
     reference_view : int or None
         0-based view whose scale (and tilt) fix the gauge and whose markers
         seed the initial stage; None picks the view nearest zero tilt.
@@ -134,7 +137,8 @@ class AlignOptions:
     stretch_group: int = 7
     skew_group: int = 11
     distortion_min_ratio: float = 4.0
-    distortion_significance: float | None = 2.0
+    distortion_test: bool = True
+    distortion_significance: float = 2.0
     reference_view: int | None = None
     polish: bool = True
     robust: bool = True
@@ -161,10 +165,9 @@ class AlignOptions:
                 raise ValueError(f"{name} must be an integer >= 2 (views per group), got {value!r}")
         if not (math.isfinite(self.distortion_min_ratio) and self.distortion_min_ratio >= 1):
             raise ValueError(f"distortion_min_ratio must be a finite number >= 1, got {self.distortion_min_ratio!r}")
-        if self.distortion_significance is not None and not (
-                isinstance(self.distortion_significance, (int, float)) and not isinstance(self.distortion_significance, bool)
+        if not (isinstance(self.distortion_significance, (int, float)) and not isinstance(self.distortion_significance, bool)
                 and math.isfinite(self.distortion_significance) and self.distortion_significance >= 0):
-            raise ValueError("distortion_significance must be None or a finite number >= 0 (standard errors), "
+            raise ValueError("distortion_significance must be a finite number >= 0 (standard errors), "
                              f"got {self.distortion_significance!r}")
         if self.reference_view is not None and not (_is_int(self.reference_view) and self.reference_view >= 0):
             raise ValueError(f"reference_view must be None or an integer >= 0, got {self.reference_view!r}")

@@ -76,7 +76,7 @@ class Stage:
         if self.tilt:
             keys += ["tilt", "tilt_group"]
         if self.distortion:
-            keys += ["distortion", "stretch_group", "skew_group", "distortion_min_ratio", "distortion_significance"]
+            keys += ["distortion", "stretch_group", "skew_group", "distortion_min_ratio"]
         if self.robust:
             keys.append("robust")
         return tuple(keys)

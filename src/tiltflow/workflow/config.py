@@ -28,8 +28,8 @@ MATCH_FIELD_NAMES = {"finest_size": "finest_size_px", "thickness": "thickness_px
 OPTION_FIELDS = {
     **{f"align.{k}": (AlignOptions, k) for k in ("rotation", "scale", "tilt", "distortion", "rotation_group",
                                                  "tilt_group", "scale_group", "stretch_group", "skew_group",
-                                                 "distortion_min_ratio", "distortion_significance", "reference_view",
-                                                 "polish")},
+                                                 "distortion_min_ratio", "distortion_test", "distortion_significance",
+                                                 "reference_view", "polish")},
     "align.max_iterations": (LMOptions, "max_iterations"),
     "align.ftol": (LMOptions, "ftol"),
     "robust": (AlignOptions, "robust"),
@@ -45,10 +45,14 @@ OPTION_FIELDS = {
 
 
 def stage_params(stage, config):
-    """The config values the L-M stage ``stage`` reads, as a flat dict (its rule's params)."""
+    """The config values the L-M stage ``stage`` reads, as a flat dict (its rule's params); the run's
+    last stage with distortion asked for also reads ``distortion_test`` and ``distortion_significance``."""
     align = config.get("align") or {}
     values = {**align, "robust": config.get("robust")}  # None: the option's default
-    return {k: values.get(k) for k in get_stage(stage).config_keys()}
+    params = {k: values.get(k) for k in get_stage(stage).config_keys()}
+    if stage == final_stage_name(config) and align.get("distortion") not in (None, False, "off"):
+        params.update({k: align.get(k) for k in ("distortion_test", "distortion_significance")})
+    return params
 
 
 def final_stage_name(config):
@@ -59,13 +63,15 @@ def final_stage_name(config):
 
 def distortion_start_stage(stage, config):
     """The stage whose state the leave-out test of distortion starts from, when ``stage`` is the run's
-    last and distortion is asked for (:func:`tiltflow.selection.choose_distortion`); None otherwise.
+    last, distortion is asked for and ``distortion_test`` is on
+    (:func:`tiltflow.selection.choose_distortion`); None otherwise.
 
     That is the stage before the first one that frees distortion (``main``): the test solves the
     stages from there again without distortion.
     """
-    distortion = (config.get("align") or {}).get("distortion")
-    if stage != final_stage_name(config) or distortion in (None, False, "off"):
+    align = config.get("align") or {}
+    if (stage != final_stage_name(config) or align.get("distortion") in (None, False, "off")
+            or align.get("distortion_test") is False):
         return None
     first = next(i for i, s in enumerate(STAGES) if s.distortion)
     return STAGES[first - 1].name
