@@ -7,13 +7,10 @@ from conftest import realdata, series_from_sim
 from tiltflow import align, diagnostics, model, projection, simulate, surfaces
 
 
-def test_leave_out_matches_brute_force_refits(small_sim):
-    series = series_from_sim(small_sim)
-    options = align.AlignOptions(robust=False)  # leave-out is defined at fixed weights
-    state = align.align(series, options)
-    lo = diagnostics.leave_out(series, state, options)
+def assert_matches_refits(series, state, options, lo, count):
+    """``count`` leave-out residuals equal the residual of a polish re-fit without that observation."""
     n = len(series.obs.weight)
-    for k in np.random.default_rng(1).choice(n, 8, replace=False):
+    for k in np.random.default_rng(1).choice(n, count, replace=False):
         w = np.ones(n)
         w[k] = 0.0
         s2 = model.Series(series.obs.with_weight(w), series.marker_ids, series.nominal_tilt_deg,
@@ -24,7 +21,38 @@ def test_leave_out_matches_brute_force_refits(small_sim):
         p = projection.project(refit.points_xyz_px, refit.views, o.marker_index[k:k + 1], o.view_index[k:k + 1],
                                o.centre_xy_px)[0]
         np.testing.assert_allclose(lo.resid_xy_px[k], p - o.xy_px[k], atol=0.005)
+
+
+def test_leave_out_matches_brute_force_refits(small_sim):
+    series = series_from_sim(small_sim)
+    options = align.AlignOptions(robust=False)  # leave-out is defined at fixed weights
+    state = align.align(series, options)
+    lo = diagnostics.leave_out(series, state, options)
+    assert_matches_refits(series, state, options, lo, 8)
     assert lo.error > lo.imod_error  # IMOD's version (alignment held) is optimistic
+
+
+def test_diagnostics_with_markers_eliminated_do_not_depend_on_the_chunking(monkeypatch):
+    """More markers than views (markers eliminated, as in patch tracking): the hat blocks and standard
+    errors formed a few groups at a time equal those formed at once, and the refits."""
+    spec = simulate.SimulationSpec(n_views=21, n_markers=150, n_full_tracks=20, track_fraction=(0.3, 0.9),
+                                   noise_px=0.5, seed=7)
+    series = series_from_sim(simulate.simulate(spec))
+    options = align.AlignOptions(robust=False)
+    state = align.align(series, options)
+    cov = diagnostics.covariance(series, state, options)
+    assert cov.normal.structure.eliminate == "points"
+    one, se_one = diagnostics.leave_out(series, state, options, cov), diagnostics.standard_errors(
+        series, state, options, cov)
+    monkeypatch.setattr(diagnostics, "CHUNK_BYTES", 3 * cov.w.shape[1] * cov.w.shape[2] * 8)  # 3 groups a chunk
+    assert len(list(diagnostics._group_chunks(cov))) == 50
+    many, se_many = diagnostics.leave_out(series, state, options, cov), diagnostics.standard_errors(
+        series, state, options, cov)
+    np.testing.assert_allclose(many.resid_xy_px, one.resid_xy_px, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(many.leverage, one.leverage, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(se_many.views, se_one.views, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(se_many.points_xyz_px, se_one.points_xyz_px, rtol=1e-10, atol=1e-14)
+    assert_matches_refits(series, state, options, many, 4)
 
 
 @pytest.mark.parametrize("spec", [
