@@ -33,6 +33,10 @@ iterations allocate as much as tiltflow's and get the same benefit.
 Peak memory: ``tracemalloc`` peak of the numpy allocations during one
 ``align.align`` (inputs excluded).
 
+Outputs: the time and traced peak of ``outputs.build_result`` on the final
+state -- what the ``write_alignment`` rule computes (leave-out errors,
+standard errors, the fiducial grid and tables), file writing excluded.
+
 Usage:  python benchmarks/bench_solver.py [--repeats N] [--problems a,b] [--scipy-analytic]
                                           [--skip-scipy-large]
 Writes benchmarks/out/solver.json and prints a table.
@@ -51,6 +55,7 @@ import numpy as np
 import scipy.optimize
 
 from tiltflow import align, model, simulate
+from tiltflow.outputs import build_result
 from tiltflow.solver import Observations, ScipyProblem, keep_freed_memory, warm_up
 
 
@@ -105,6 +110,20 @@ def peak_memory(series):
     return peak
 
 
+def run_outputs(series, state):
+    """Seconds and traced peak (bytes) of :func:`tiltflow.outputs.build_result` on ``state``."""
+    prepared = model.Prepared(series, series.nominal_tilt_deg, None, 1.0, {}, [], [], [], 0)
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    t0 = time.perf_counter()
+    build_result(prepared, state)
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return seconds, peak
+
+
 def run_scipy(series, analytic=False):
     """scipy trf-sparse on the full model from the naive start: (seconds, views, points, result)."""
     options = align.AlignOptions()
@@ -150,6 +169,8 @@ def main():
             "kernel_load_seconds": load,
             "peak_memory_mb": peak_memory(series) / 2**20,
         }
+        out_seconds, out_peak = run_outputs(series, state)
+        row.update({"outputs_seconds": out_seconds, "outputs_peak_memory_mb": out_peak / 2**20})
         run_sp = name not in TILTFLOW_ONLY and not (args.skip_scipy_large and name != "paper_107x30")
         variants = ("fd", "analytic") if args.scipy_analytic else ("fd",)
         for variant in variants if run_sp else ():
@@ -168,12 +189,13 @@ def main():
     out.write_text(json.dumps(report, indent=1))
     nan = float("nan")
     print(f"\n{'problem':16s} {'obs':>8s} {'tiltflow s':>11s} {'rms':>7s} {'MB':>6s} {'scipy s':>9s} {'rms':>7s} "
-          f"{'speed-up':>9s} {'analytic s':>11s} {'speed-up':>9s}")
+          f"{'speed-up':>9s} {'analytic s':>11s} {'speed-up':>9s} {'outputs s':>10s} {'MB':>6s}")
     for name, r in report.items():
         print(f"{name:16s} {r['n_observations']:8d} {r['tiltflow_seconds']:11.4f} {r['tiltflow_rms']:7.4f} "
               f"{r['peak_memory_mb']:6.0f} {r.get('scipy_seconds', nan):9.3f} {r.get('scipy_rms', nan):7.4f} "
               f"{r.get('scipy_speedup', nan):9.1f} {r.get('scipy_analytic_seconds', nan):11.3f} "
-              f"{r.get('scipy_analytic_speedup', nan):9.1f}")
+              f"{r.get('scipy_analytic_speedup', nan):9.1f} {r['outputs_seconds']:10.2f} "
+              f"{r['outputs_peak_memory_mb']:6.0f}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ def test_solver_benchmark_runs_and_matches_scipy(tmp_path):
     assert paper["tiltflow_rms"] <= paper["scipy_rms"] * 1.001
     assert paper["scipy_analytic_rms"] <= paper["scipy_rms"] * 1.001
     assert report["large_121x200"]["peak_memory_mb"] > 0 and "scipy_seconds" not in report["large_121x200"]
+    assert report["large_121x200"]["outputs_peak_memory_mb"] > 0 and report["large_121x200"]["outputs_seconds"] > 0
 
 
 @pytest.mark.slow

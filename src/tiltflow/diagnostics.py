@@ -217,22 +217,23 @@ def _hat_blocks(cov, g, je, jk, kp, chunk_bytes=None):
     kp : ndarray of int, shape (n_obs, nk)
         Kept positions of ``jk``'s columns (any valid position where held).
     """
-    h = np.einsum("nrb,nbc,nsc->nrs", je, cov.hee_inv[g], je)
+    h = np.zeros((len(g), 2, 2))
     m = cov.s_inv.shape[0]
-    if not m:
-        return h
-    ckk = cov.s_inv[kp[:, :, None], kp[:, None, :]]  # (n, nk, nk)
-    h += np.einsum("nrk,nkl,nsl->nrs", jk, ckk, jk)
     order = np.argsort(g, kind="stable")
     bounds = np.searchsorted(g[order], np.arange(len(cov.w) + 1))
     for groups, bmat, a in _group_chunks(cov, chunk_bytes):
         idx = order[bounds[groups.start]:bounds[groups.stop]]
         gl = g[idx] - groups.start
-        h[idx] += np.einsum("nrb,nbc,nsc->nrs", je[idx], a[gl], je[idx])
-        # cross terms -J_e W S^-1 J_k^T and their transpose
-        bk = bmat[gl[:, None], :, kp[idx]]  # (n, nk, b)
-        cross = -np.einsum("nrb,nkb,nsk->nrs", je[idx], bk, jk[idx])
-        h[idx] += cross + cross.transpose(0, 2, 1)
+        e, k = je[idx], jk[idx]
+        hc = np.einsum("nrb,nbc,nsc->nrs", e, cov.hee_inv[g[idx]] + a[gl], e)
+        if m:
+            # cross terms -J_e W S^-1 J_k^T (and transpose), then J_k S^-1 J_k^T
+            bk = bmat[gl[:, None], :, kp[idx]]  # (n, nk, b)
+            cross = -np.einsum("nrb,nkb,nsk->nrs", e, bk, k)
+            hc += cross + cross.transpose(0, 2, 1)
+            ckk = cov.s_inv[kp[idx][:, :, None], kp[idx][:, None, :]]  # (n, nk, nk)
+            hc += np.einsum("nrk,nkl,nsl->nrs", k, ckk, k)
+        h[idx] = hc
     return h
 
 
@@ -300,7 +301,7 @@ def standard_errors(series, state, options, cov=None):
     """
     cov = covariance(series, state, options) if cov is None else cov
     obs, layout, cost, ne = cov.obs, cov.layout, cov.cost, cov.normal
-    hee_inv, w, s_inv = cov.hee_inv, cov.w, cov.s_inv
+    hee_inv, s_inv = cov.hee_inv, cov.s_inv
     diag_e = np.einsum("gbb->gb", hee_inv).copy()
     for groups, _, a in _group_chunks(cov):
         diag_e[groups] += np.einsum("gbb->gb", a)
