@@ -45,6 +45,19 @@ def small_sim():
     return simulate.simulate(spec)
 
 
+def marker_row(folder, sim, series="s"):
+    """Write ``sim``'s markers (``m.csv``) and nominal tilts (``t.rawtlt``) into ``folder``; return the
+    sheet row of a markers-only series that uses them."""
+    from tiltflow import io
+
+    folder = Path(folder)
+    io.write_markers_csv(folder / "m.csv", sim.marker + 1, sim.view, sim.xy_px)
+    io.write_tlt(folder / "t.rawtlt", sim.nominal_tilt_deg, "8.2f")
+    return {"series": series, "markers": str(folder / "m.csv"), "tilts": str(folder / "t.rawtlt"),
+            "tilt_axis_angle": sim.tilt_axis_deg, "stack": "", "width": sim.width, "height": sim.height,
+            "prexg": "", "exclude_views": "", "tilt_offset": 0.0, "pixel_size": None}
+
+
 def run_steps(folder, row, tag="run", config=None):
     """The workflow's alignment rules, called directly in order (what Snakemake runs).
 

@@ -15,7 +15,7 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import realdata, run_steps, series_from_sim
+from conftest import marker_row, realdata, run_steps, series_from_sim
 from test_accuracy import CASES as SIMULATIONS
 from test_accuracy import withhold
 from test_realdata import CASES
@@ -130,12 +130,7 @@ def test_the_workflow_reports_distortion_it_did_not_keep(tmp_path):
     distortion (.zfac all 0) and summary.json says what was tested and why it was not kept."""
     spec = simulate.SimulationSpec(n_views=41, n_markers=20, n_full_tracks=10, width=1024, height=1024, noise_px=0.5,
                                    seed=31)
-    sim = simulate.simulate(spec)
-    io.write_markers_csv(tmp_path / "m.csv", sim.marker + 1, sim.view, sim.xy_px)
-    io.write_tlt(tmp_path / "t.rawtlt", sim.nominal_tilt_deg, "8.2f")
-    row = {"series": "s", "markers": str(tmp_path / "m.csv"), "tilts": str(tmp_path / "t.rawtlt"),
-           "tilt_axis_angle": spec.tilt_axis_deg, "stack": "", "width": 1024, "height": 1024, "prexg": "",
-           "exclude_views": "", "tilt_offset": 0.0, "pixel_size": None}
+    row = marker_row(tmp_path, simulate.simulate(spec))
     config = {"align": {"distortion": "grouped"}, "coarse": {}, "robust": True}
     out = run_steps(tmp_path, row, "grouped", config)
     plain = run_steps(tmp_path, row, "off", {"align": {}, "coarse": {}, "robust": True})

@@ -5,9 +5,9 @@ surfaces and the thickness, rotation and scale are plotted against tilt."""
 import json
 
 import numpy as np
-from conftest import run_steps
+from conftest import marker_row, run_steps
 
-from tiltflow import io, plots, simulate
+from tiltflow import plots, simulate
 from tiltflow.io.tables import read_table
 from tiltflow.workflow import steps
 
@@ -16,11 +16,7 @@ def test_plots_name_their_series_and_read_like_3dmod(tmp_path, monkeypatch):
     spec = simulate.SimulationSpec(n_views=31, n_markers=14, n_full_tracks=8, width=512, height=512, noise_px=0.3,
                                    thickness_px=120.0, seed=5)
     sim = simulate.simulate(spec)
-    io.write_markers_csv(tmp_path / "m.csv", sim.marker + 1, sim.view, sim.xy_px)
-    io.write_tlt(tmp_path / "t.rawtlt", sim.nominal_tilt_deg, "8.2f")
-    row = {"series": "grid3_ts07", "markers": str(tmp_path / "m.csv"), "tilts": str(tmp_path / "t.rawtlt"),
-           "tilt_axis_angle": spec.tilt_axis_deg, "stack": "", "width": 512, "height": 512, "prexg": "",
-           "exclude_views": "", "tilt_offset": 0.0, "pixel_size": None}
+    row = marker_row(tmp_path, sim, "grid3_ts07")
     out = run_steps(tmp_path, row)
     # the tables the plot rule reads (run_steps writes fiducials and summary; views and markers from the result)
     summary = json.loads(out["summary"].read_text())
