@@ -27,12 +27,7 @@ import time
 import numpy as np
 
 from . import projection
-from .model import (
-    MIN_MARKERS_PER_VIEW,
-    MIN_OBSERVATIONS_PER_MARKER,
-    AlignmentState,
-    StageReport,
-)
+from .model import MIN_MARKERS_PER_VIEW, MIN_OBSERVATIONS_PER_MARKER, AlignmentState, StageReport
 from .options import AlignOptions, CoarseOptions
 from .projection import DMAG, DX, DY, N_VIEW, ROT, SCALE, SKEW, TILT
 from .solver import Layout, blas_threads, solve_bundle, warm_up, window_medians
@@ -685,9 +680,8 @@ def align(series, options=AlignOptions(), shifts_px=None, threads=1):
     -------
     AlignmentState
     """
-    from .selection import (
-        choose_distortion,  # selection builds on this module and diagnostics
-    )
+    # imported here: selection builds on this module (and on diagnostics, which does too)
+    from .selection import choose_distortion
 
     state = initial_state(series, options, shifts_px)
     start = None

@@ -180,16 +180,15 @@ def leave_out(series, state, options, cov=None):
 CHUNK_BYTES = 32 * 2**20
 
 
-def _group_chunks(cov, chunk_bytes=None):
+def _group_chunks(cov):
     """``(groups, B, A)`` for consecutive chunks of eliminated groups.
 
     ``B = W S^-1`` (n, b, m) is the groups' rows of ``-C_ek``, ``A = W S^-1 W^T`` (n, b, b) the
-    part of ``C_ee`` beyond ``Hee^-1``; a chunk holds at most ``chunk_bytes``
-    (:data:`CHUNK_BYTES`) of ``B``.
+    part of ``C_ee`` beyond ``Hee^-1``; a chunk holds at most :data:`CHUNK_BYTES` of ``B``.
     """
     n_groups, b, m = cov.w.shape
     per_group = max(b * m * 8, 1)
-    step = max(1, int((CHUNK_BYTES if chunk_bytes is None else chunk_bytes) // per_group))
+    step = max(1, CHUNK_BYTES // per_group)
     for lo in range(0, n_groups, step):
         w = cov.w[lo:lo + step]
         if m:
@@ -200,7 +199,7 @@ def _group_chunks(cov, chunk_bytes=None):
         yield slice(lo, lo + len(w)), bmat, a
 
 
-def _hat_blocks(cov, g, je, jk, kp, chunk_bytes=None):
+def _hat_blocks(cov, g, je, jk, kp):
     """The 2x2 hat block ``J_n (J^T J)^-1 J_n^T`` of every observation, shape (n_obs, 2, 2).
 
     With ``C_ee = Hee^-1 + W S^-1 W^T``, ``C_ek = -W S^-1`` and ``C_kk = S^-1``, computed per chunk
@@ -221,7 +220,7 @@ def _hat_blocks(cov, g, je, jk, kp, chunk_bytes=None):
     m = cov.s_inv.shape[0]
     order = np.argsort(g, kind="stable")
     bounds = np.searchsorted(g[order], np.arange(len(cov.w) + 1))
-    for groups, bmat, a in _group_chunks(cov, chunk_bytes):
+    for groups, bmat, a in _group_chunks(cov):
         idx = order[bounds[groups.start]:bounds[groups.stop]]
         gl = g[idx] - groups.start
         e, k = je[idx], jk[idx]

@@ -147,9 +147,7 @@ def choose_distortion(series, state, start, options, threads=1):
                          f"{start.stages[-1].name}")
     plain = dataclasses.replace(options, distortion="off")
     other = start
-    for name in STAGE_NAMES[first:end + 1]:
-        if name == "polish" and not options.polish:
-            continue
+    for name in STAGE_NAMES[first:end + 1]:  # the stages the run solved (polish is last when it runs)
         other = run_stage(name, series, other, plain, threads)
     with_ = leave_out(series, state, options)
     without = leave_out(series, other, plain)
@@ -161,7 +159,7 @@ def choose_distortion(series, state, start, options, threads=1):
     kept = bool(np.isfinite(z) and z <= -significance)
     alt = other.stages[-1]
     test = DistortionTest(
-        mode=last.distortion, kept=bool(kept), significance=significance, z=z, n_compared=int(use.sum()),
+        mode=last.distortion, kept=kept, significance=significance, z=z, n_compared=int(use.sum()),
         leave_out_with=with_.error, leave_out_without=without.error,
         mean_residual_with=last.mean_residual, mean_residual_without=alt.mean_residual,
         rms_with=last.rms, rms_without=alt.rms, stage=last.name, seconds=time.perf_counter() - t0,
@@ -179,4 +177,3 @@ def choose_distortion(series, state, start, options, threads=1):
     report = dataclasses.replace(chosen.stages[-1], seconds=chosen.stages[-1].seconds + test.seconds,
                                  distortion_test=test.to_dict())
     return dataclasses.replace(chosen, stages=chosen.stages[:-1] + (report,))
-

@@ -50,9 +50,15 @@ def stage_params(stage, config):
     align = config.get("align") or {}
     values = {**align, "robust": config.get("robust")}  # None: the option's default
     params = {k: values.get(k) for k in get_stage(stage).config_keys()}
-    if stage == final_stage_name(config) and align.get("distortion") not in (None, False, "off"):
+    if _last_with_distortion(stage, config):
         params.update({k: align.get(k) for k in ("distortion_test", "distortion_significance")})
     return params
+
+
+def _last_with_distortion(stage, config):
+    """``stage`` is the run's last and ``align.distortion`` asks for distortion."""
+    return stage == final_stage_name(config) and (config.get("align") or {}).get("distortion") not in (
+        None, False, "off")
 
 
 def final_stage_name(config):
@@ -69,9 +75,7 @@ def distortion_start_stage(stage, config):
     That is the stage before the first one that frees distortion (``main``): the test solves the
     stages from there again without distortion.
     """
-    align = config.get("align") or {}
-    if (stage != final_stage_name(config) or align.get("distortion") in (None, False, "off")
-            or align.get("distortion_test") is False):
+    if not _last_with_distortion(stage, config) or (config.get("align") or {}).get("distortion_test") is False:
         return None
     first = next(i for i, s in enumerate(STAGES) if s.distortion)
     return STAGES[first - 1].name
