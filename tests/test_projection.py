@@ -37,6 +37,43 @@ def test_jacobian_matches_central_differences():
         np.testing.assert_allclose(jp[:, :, col], num, atol=1e-6)
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_jacobian_with_distortion_matches_central_differences_on_both_evaluation_paths(dense, monkeypatch):
+    """All seven view parameters (stretch and skew non-zero) and x, y, z; the maps evaluated at every
+    view-marker pair (dense) or observation by observation, in chunks smaller than the series."""
+    if not dense:
+        monkeypatch.setattr(projection, "DENSE_PAIRS_PER_OBSERVATION", 0)
+        monkeypatch.setattr(projection, "GATHER_CHUNK", 7)
+    rng = np.random.default_rng(3)
+    views, points, mi, vi = random_problem(rng, n_views=9, n_markers=6)
+    views = np.column_stack([views, rng.uniform(-0.03, 0.03, len(views)), np.deg2rad(rng.uniform(-2, 2, len(views)))])
+    keep = rng.random(len(mi)) < 0.7  # not every marker in every view
+    mi, vi = mi[keep], vi[keep]
+    c = (300.0, 700.0)
+    pred, jv, jp = projection.project_with_jacobian(points, views, mi, vi, c)
+    # the prediction against the model's formula (module docstring)
+    p, v = points[mi], views[vi]
+    xm = v[:, 2] + v[:, 5]
+    x1 = xm * np.cos(v[:, 6]) * p[:, 0]
+    y1 = xm * np.sin(v[:, 6]) * p[:, 0] + v[:, 2] * p[:, 1]
+    u = x1 * np.cos(v[:, 0]) + v[:, 2] * p[:, 2] * np.sin(v[:, 0])
+    ca, sa = np.cos(v[:, 1]), np.sin(v[:, 1])
+    expected = np.column_stack([ca * u - sa * y1 + v[:, 3] + c[0], sa * u + ca * y1 + v[:, 4] + c[1]])
+    np.testing.assert_allclose(pred, expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(projection.project(points, views, mi, vi, c), expected, rtol=0, atol=1e-9)
+    h = 1e-6
+    for col in range(projection.N_VIEW):
+        dv = np.zeros_like(views)
+        dv[:, col] = h
+        num = (projection.project(points, views + dv, mi, vi, c) - projection.project(points, views - dv, mi, vi, c)) / (2 * h)
+        np.testing.assert_allclose(jv[:, :, col], num, atol=1e-5, err_msg=projection.VIEW_COLUMNS[col])
+    for col in range(3):
+        dp = np.zeros_like(points)
+        dp[:, col] = h
+        num = (projection.project(points + dp, views, mi, vi, c) - projection.project(points - dp, views, mi, vi, c)) / (2 * h)
+        np.testing.assert_allclose(jp[:, :, col], num, atol=1e-6)
+
+
 def test_zero_tilt_zero_rotation_is_identity_about_the_centre():
     views = np.array([[0.0, 0.0, 1.0, 3.0, -2.0]])
     pts = np.array([[10.0, 20.0, 99.0]])

@@ -54,16 +54,127 @@ def full_views(views):
     return np.concatenate([views, np.zeros((len(views), N_VIEW - 5))], axis=1)
 
 
-def _section_frame(p, v):
-    """Distorted, tilted coordinates ``(u, v)`` and the pieces the derivatives need."""
-    ct, st = np.cos(v[:, TILT]), np.sin(v[:, TILT])
-    s = v[:, SCALE]
-    xm = s + v[:, DMAG]
-    cd, sd = np.cos(v[:, SKEW]), np.sin(v[:, SKEW])
-    x1 = xm * cd * p[:, 0]
-    y1 = xm * sd * p[:, 0] + s * p[:, 1]
-    z1 = s * p[:, 2]
-    return ct, st, s, xm, cd, sd, x1, y1, z1
+#: Maps of :func:`view_maps`: the prediction, its derivatives by the view parameters, by x, y, z.
+N_MAPS = 1 + N_VIEW + 3
+#: :func:`apply_view_maps` evaluates every view's maps at every marker (one matrix product, then a
+#: gather) when there are at most this many view-marker pairs per observation ...
+DENSE_PAIRS_PER_OBSERVATION = 4
+#: ... and the dense values take at most this many bytes; otherwise observation by observation.
+DENSE_MAX_BYTES = 32 << 20
+#: Observations evaluated at a time observation by observation (bounds the temporaries).
+GATHER_CHUNK = 1 << 15
+
+
+def view_maps(views, derivatives=True):
+    """The model of each view as affine maps of a marker's homogeneous coordinates.
+
+    The prediction is affine in the marker position: ``pred - centre =
+    M_j (x, y, z, 1)`` with ``M_j`` a 2 x 4 matrix of view ``j``'s
+    parameters, and so is its derivative by each view parameter (by
+    x, y, z it is constant: the columns of ``M_j``).  Evaluating these
+    maps (:func:`apply_view_maps`) costs per observation a few
+    multiply-adds; the trigonometry is done once per view.
+
+    Parameters
+    ----------
+    views : ndarray, shape (n_views, 7) or (n_views, 5)
+        View parameters, columns :data:`VIEW_COLUMNS`.
+    derivatives : bool
+        Also the derivative maps (else only map 0).
+
+    Returns
+    -------
+    ndarray, shape (N_MAPS, 2, 4, n_views) or (1, 2, 4, n_views)
+        ``maps[k, r, :, j]``: coefficients of ``(x, y, z, 1)`` giving, for
+        view ``j``, image coordinate ``r`` (px, py) of map ``k``: 0 the
+        prediction without the image centre, ``1 + c`` its derivative by
+        view parameter ``c`` (per radian for angles), ``1 + N_VIEW + i``
+        its derivative by coordinate ``i`` of the marker.
+    """
+    vt = full_views(views).T
+    cos, sin = np.cos(vt[[TILT, ROT, SKEW]]), np.sin(vt[[TILT, ROT, SKEW]])
+    ct, ca, cd = cos
+    st, sa, sd = sin
+    s = vt[SCALE]
+    xm = s + vt[DMAG]
+    xm_cd, xm_sd = xm * cd, xm * sd
+    n_maps = N_MAPS if derivatives else 1
+    # section-frame rows (u, v) of each map, before the in-plane rotation (see the module docstring)
+    sec = np.zeros((n_maps, 2, 4, vt.shape[1]))
+    sec[0, 0, 0] = xm_cd * ct
+    sec[0, 0, 2] = s * st
+    sec[0, 1, 0] = xm_sd
+    sec[0, 1, 1] = s
+    if derivatives:
+        sec[1 + TILT, 0, 0] = -xm_cd * st
+        sec[1 + TILT, 0, 2] = s * ct
+        sec[1 + SCALE, 0, 0] = cd * ct
+        sec[1 + SCALE, 0, 2] = st
+        sec[1 + SCALE, 1, 0] = sd
+        sec[1 + SCALE, 1, 1] = 1.0
+        sec[1 + DMAG, 0, 0] = sec[1 + SCALE, 0, 0]
+        sec[1 + DMAG, 1, 0] = sd
+        sec[1 + SKEW, 0, 0] = -xm_sd * ct
+        sec[1 + SKEW, 1, 0] = xm_cd
+    maps = np.empty_like(sec)
+    np.multiply(ca, sec[:, 0], out=maps[:, 0])
+    maps[:, 0] -= sa * sec[:, 1]
+    np.multiply(sa, sec[:, 0], out=maps[:, 1])
+    maps[:, 1] += ca * sec[:, 1]
+    if derivatives:
+        # d R(alpha) / d alpha = R(alpha + 90 deg): (-row 1, row 0) of the rotated prediction map
+        maps[1 + ROT, 0] = -maps[0, 1]
+        maps[1 + ROT, 1] = maps[0, 0]
+        maps[1 + DX, 0, 3] = 1.0
+        maps[1 + DY, 1, 3] = 1.0
+        maps[1 + N_VIEW:, :, 3] = maps[0, :, :3].transpose(1, 0, 2)
+    maps[0, 0, 3] = vt[DX]
+    maps[0, 1, 3] = vt[DY]
+    return maps
+
+
+def apply_view_maps(maps, points_xyz_px, marker_index, view_index, out=None):
+    """Evaluate per-view affine maps at the observations.
+
+    Parameters
+    ----------
+    maps : ndarray, shape (n_rows, 4, n_views)
+        Coefficients of ``(x, y, z, 1)`` per row and view (rows of
+        :func:`view_maps`, possibly selected and scaled).
+    points_xyz_px : ndarray, shape (n_markers, 3)
+    marker_index, view_index : ndarray of int, shape (n_obs,)
+    out : ndarray, shape (n_rows, n_obs), optional
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_obs)
+        ``sum_i maps[r, i, view] * (x, y, z, 1)[i]`` of each observation.
+
+    Where the markers are seen in most views (at most
+    :data:`DENSE_PAIRS_PER_OBSERVATION` view-marker pairs per observation)
+    every view's maps are evaluated at every marker in one matrix product
+    and the observations gathered from it; otherwise observation by
+    observation, :data:`GATHER_CHUNK` at a time.
+    """
+    n_rows, _, n_views = maps.shape
+    n_markers, n_obs = len(points_xyz_px), len(marker_index)
+    if out is None:
+        out = np.empty((n_rows, n_obs))
+    homog = np.empty((4, n_markers))
+    homog[:3] = points_xyz_px.T
+    homog[3] = 1.0
+    pairs = n_views * n_markers
+    if pairs <= DENSE_PAIRS_PER_OBSERVATION * n_obs and 8 * n_rows * pairs <= DENSE_MAX_BYTES:
+        every = (maps.transpose(0, 2, 1).reshape(n_rows * n_views, 4) @ homog).reshape(n_rows, pairs)
+        np.take(every, view_index * n_markers + marker_index, axis=1, out=out)
+        return out
+    for lo in range(0, n_obs, GATHER_CHUNK):
+        vi, mi = view_index[lo:lo + GATHER_CHUNK], marker_index[lo:lo + GATHER_CHUNK]
+        chunk = out[:, lo:lo + GATHER_CHUNK]
+        np.multiply(maps[:, 3][:, vi], 1.0, out=chunk)
+        for i in range(3):
+            chunk += maps[:, i][:, vi] * homog[i, mi]
+    return out
 
 
 def project(points_xyz_px, views, marker_index, view_index, centre_xy_px):
@@ -87,15 +198,12 @@ def project(points_xyz_px, views, marker_index, view_index, centre_xy_px):
         Predicted ``(px, py)`` in image pixels (IMOD convention: the centre
         of pixel column i is at i + 0.5).
     """
-    p = points_xyz_px[marker_index]
-    v = full_views(views)[view_index]
-    ct, st, s, xm, cd, sd, x1, y1, z1 = _section_frame(p, v)
-    u = x1 * ct + z1 * st
-    ca, sa = np.cos(v[:, ROT]), np.sin(v[:, ROT])
-    out = np.empty((p.shape[0], 2))
-    out[:, 0] = ca * u - sa * y1 + v[:, DX] + centre_xy_px[0]
-    out[:, 1] = sa * u + ca * y1 + v[:, DY] + centre_xy_px[1]
-    return out
+    points_xyz_px = np.asarray(points_xyz_px, dtype=float)
+    pred = apply_view_maps(view_maps(views, derivatives=False)[0], points_xyz_px, np.asarray(marker_index),
+                           np.asarray(view_index))
+    pred[0] += centre_xy_px[0]
+    pred[1] += centre_xy_px[1]
+    return np.ascontiguousarray(pred.T)
 
 
 def project_with_jacobian(points_xyz_px, views, marker_index, view_index, centre_xy_px):
@@ -113,37 +221,14 @@ def project_with_jacobian(points_xyz_px, views, marker_index, view_index, centre
     jac_point : ndarray, shape (n_obs, 2, 3)
         d(px, py) / d(x, y, z) of the observation's marker.
     """
-    p = points_xyz_px[marker_index]
-    v = full_views(views)[view_index]
-    n = p.shape[0]
-    ct, st, s, xm, cd, sd, x1, y1, z1 = _section_frame(p, v)
-    ca, sa = np.cos(v[:, ROT]), np.sin(v[:, ROT])
-    x, y, z = p[:, 0], p[:, 1], p[:, 2]
-    u = x1 * ct + z1 * st
-    ru_x, ru_y = ca * u - sa * y1, sa * u + ca * y1  # R(alpha) (u, v)
-    pred = np.empty((n, 2))
-    pred[:, 0] = ru_x + v[:, DX] + centre_xy_px[0]
-    pred[:, 1] = ru_y + v[:, DY] + centre_xy_px[1]
-
-    def rotated(du, dv):
-        return np.stack([ca * du - sa * dv, sa * du + ca * dv], axis=1)
-
-    zero = np.zeros(n)
-    jv = np.zeros((n, 2, N_VIEW))
-    jv[:, :, TILT] = rotated(-x1 * st + z1 * ct, zero)
-    jv[:, 0, ROT] = -ru_y
-    jv[:, 1, ROT] = ru_x
-    jv[:, :, SCALE] = rotated(ct * cd * x + st * z, sd * x + y)
-    jv[:, 0, DX] = 1.0
-    jv[:, 1, DY] = 1.0
-    jv[:, :, DMAG] = rotated(ct * cd * x, sd * x)
-    jv[:, :, SKEW] = rotated(-ct * xm * sd * x, xm * cd * x)
-
-    jp = np.empty((n, 2, 3))
-    jp[:, :, 0] = rotated(ct * xm * cd, xm * sd)
-    jp[:, :, 1] = rotated(zero, s)
-    jp[:, :, 2] = rotated(st * s, zero)
-    return pred, jv, jp
+    points_xyz_px = np.asarray(points_xyz_px, dtype=float)
+    maps = view_maps(views)
+    n_views = maps.shape[-1]
+    values = apply_view_maps(maps.reshape(2 * N_MAPS, 4, n_views), points_xyz_px, np.asarray(marker_index),
+                             np.asarray(view_index))
+    values = values.reshape(N_MAPS, 2, -1).transpose(2, 1, 0)  # (n_obs, 2, N_MAPS)
+    pred = values[:, :, 0] + np.asarray(centre_xy_px, dtype=float)
+    return pred, np.ascontiguousarray(values[:, :, 1:1 + N_VIEW]), np.ascontiguousarray(values[:, :, 1 + N_VIEW:])
 
 
 def rotation_matrix(angle_rad):

@@ -218,6 +218,10 @@ class BundleProblem:
         self.layout = layout
         self.sqrt_w = np.sqrt(obs.weight)[:, None]
         self.structure = SchurStructure(obs.view_index, obs.marker_index, layout, eliminate)
+        # the numpy path: the observations relative to the image centre, one row per coordinate; the
+        # view maps (projection.view_maps) it evaluates: the prediction, then the active columns
+        self._xy_rows = np.ascontiguousarray((obs.xy_px - np.asarray(obs.centre_xy_px, dtype=float)).T)
+        self._map_rows = np.concatenate([[0], 1 + self.structure.column_source])
 
     def set_weight(self, weight):
         """Replace the observation weights, shape (n_obs,) (robust re-weighting; the layout stays)."""
@@ -225,6 +229,14 @@ class BundleProblem:
         if weight.shape != self.sqrt_w[:, 0].shape:
             raise ValueError(f"weight must have shape {self.sqrt_w[:, 0].shape}, got {weight.shape}")
         self.sqrt_w = np.sqrt(weight)[:, None]
+
+    def _residual_rows(self, views, points):
+        """Unweighted residuals ``pred - obs`` as rows, shape (2, n_obs) (numpy path)."""
+        o = self.obs
+        pred = projection.apply_view_maps(projection.view_maps(views, derivatives=False)[0], points, o.marker_index,
+                                          o.view_index)
+        pred -= self._xy_rows
+        return pred
 
     def residual_vectors(self, state):
         """Unweighted residuals ``pred - obs``, shape (n_obs, 2)."""
@@ -235,26 +247,27 @@ class BundleProblem:
             _kernels().residual_vectors(points, views, o.marker_index, o.view_index, o.xy_px, o.centre_xy_px[0],
                                         o.centre_xy_px[1], out)
             return out
-        return projection.project(points, views, o.marker_index, o.view_index, o.centre_xy_px) - o.xy_px
+        return np.ascontiguousarray(self._residual_rows(views, points).T)
 
     def residuals(self, state):
         views, points = state
-        pred = projection.project(points, views, self.obs.marker_index, self.obs.view_index, self.obs.centre_xy_px)
-        return (pred - self.obs.xy_px) * self.sqrt_w
+        return self._residual_rows(views, points).T * self.sqrt_w
 
     def cost(self, state):
+        views, points = state
         if self.compiled:
-            views, points = state
             o = self.obs
             return float(_kernels().cost(points, views, o.marker_index, o.view_index, o.xy_px, self.sqrt_w[:, 0],
                                        o.centre_xy_px[0], o.centre_xy_px[1]))
-        r = self.residuals(state)
-        return 0.5 * float(np.einsum("ij,ij->", r, r))
+        r = self._residual_rows(views, points)
+        r *= self.sqrt_w[:, 0]
+        r = r.reshape(-1)
+        return 0.5 * float(r @ r)
 
     def linearize(self, state):
         views, points = state
+        st, o = self.structure, self.obs
         if self.compiled:
-            st, o = self.structure, self.obs
             arrays = st.zeros()
             c = _kernels().linearize(
                 points, views, o.marker_index, o.view_index, o.xy_px, self.sqrt_w[:, 0],
@@ -262,12 +275,21 @@ class BundleProblem:
                 st.kpos_view, st.view_weight, st.kpos_point, *arrays,
             )
             return float(c), NormalEquations(st, *arrays)
-        pred, jv, jp = projection.project_with_jacobian(
-            points, views, self.obs.marker_index, self.obs.view_index, self.obs.centre_xy_px
-        )
-        r = (pred - self.obs.xy_px) * self.sqrt_w
-        w = self.sqrt_w[:, :, None]
-        return 0.5 * float(np.einsum("ij,ij->", r, r)), self.structure.assemble(jv * w, jp * w, r)
+        # the prediction and the active columns' derivatives, with the columns' per-view weights folded
+        # into the maps: one evaluation gives residual rows and weighted Jacobian rows
+        maps = projection.view_maps(views)[self._map_rows]  # (1 + q, 2, 4, n_views)
+        maps[1:] *= st.view_factor[:, None, None, :]
+        values = projection.apply_view_maps(maps.reshape(-1, 4, maps.shape[-1]), points, o.marker_index,
+                                            o.view_index).reshape(len(maps), 2, -1)
+        sqrt_w = self.sqrt_w[:, 0]
+        values *= sqrt_w
+        resid = values[0]
+        resid -= self._xy_rows * sqrt_w
+        jac = values[1:].transpose(1, 0, 2)  # (2, q, n_obs)
+        if st.marker_factor is not None:
+            jac *= st.marker_factor[:, o.marker_index]
+        flat = resid.reshape(-1)
+        return 0.5 * float(flat @ flat), st.assemble(jac, resid)
 
     def apply(self, state, step):
         views, points = state

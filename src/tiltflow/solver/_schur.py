@@ -137,21 +137,32 @@ class SchurStructure:
                                    self.kpos_view[view_index].reshape(len(view_index), N_SLOTS)[:, slot_cols]], axis=1)
         self._obs_layout = (group_of_obs, np.where(kpos >= 0, kpos, m))
         self._plan = None
-        # per observation and column of each side: which base derivative (N_VIEW view columns, then
-        # x, y, z) it takes and with what weight (slot weight, 0 where held); fixed for the layout
-        n_obs = len(view_index)
-        slot_w = self.view_weight[view_index].reshape(n_obs, N_SLOTS)
+        # the active columns (block columns, then kept columns): which base derivative each takes
+        # (N_VIEW view parameters, then x, y, z) and with what weight -- the product of a per-view factor
+        # (the slot's weight; whether an eliminated view block frees the column) and, when eliminated
+        # point blocks hold some coordinates, a per-marker one (whether the block frees it)
+        cols = np.concatenate([self.e_cols, self.k_cols])
+        slots = cols < N_SLOTS
+        self.column_source = np.where(slots, cols // 2, N_VIEW + cols - N_SLOTS)
+        n_views = len(view_map)
+        view_factor = np.ones((len(cols), n_views))
+        view_factor[slots] = self.view_weight.reshape(n_views, N_SLOTS)[:, cols[slots]].T
+        marker_factor = None
+        if eliminate == "views":
+            view_factor[:b] *= self.e_free.T
+        elif not self.e_free.all():
+            marker_factor = np.ones((len(cols), len(point_map)))
+            marker_factor[:b] = self.e_free.T
+        self.view_factor, self.marker_factor = view_factor, marker_factor
+        self._indices = (np.asarray(view_index, dtype=np.int64), np.asarray(marker_index, dtype=np.int64))
 
-        def sources(cols):
-            src = np.where(cols < N_SLOTS, cols // 2, N_VIEW + cols - N_SLOTS)
-            wt = np.ones((n_obs, len(cols)))
-            slots = cols < N_SLOTS
-            wt[:, slots] = slot_w[:, cols[slots]]
-            return src, wt
-
-        self._e_src, self._e_wt = sources(self.e_cols)
-        self._e_wt *= self.e_free[group_of_obs]
-        self._k_src, self._k_wt = sources(self.k_cols)
+    def column_weights(self, lo=0, hi=None):
+        """Weights of the active columns for observations ``lo:hi``, shape (b + nk, n)."""
+        vi, mi = self._indices[0][lo:hi], self._indices[1][lo:hi]
+        w = self.view_factor[:, vi]
+        if self.marker_factor is not None:
+            w *= self.marker_factor[:, mi]
+        return w
 
     def zeros(self):
         """Zeroed arrays ``(hee, hek, hkk, ge, gk)`` for the compiled kernel."""
@@ -179,21 +190,21 @@ class SchurStructure:
             Their kept positions; ``n_kept`` (a dummy row) where held.
         """
         g, kpos = self._obs_layout
-        base = np.concatenate([jac_view, jac_point], axis=2)
-        je = base[:, :, self._e_src] * self._e_wt[:, None, :]
-        jk = base[:, :, self._k_src] * self._k_wt[:, None, :]
-        return g, je, jk, kpos
+        b = self.block_size
+        jac = np.concatenate([jac_view, jac_point], axis=2)[:, :, self.column_source]
+        jac *= self.column_weights().T[:, None, :]
+        return g, jac[:, :, :b], jac[:, :, b:], kpos
 
     def _numpy_plan(self):
         """Where the numpy assembly accumulates each product (built on first use).
 
         The active columns of an observation are its block's ``b`` columns
         then its ``nk`` kept columns; for each pair ``i <= j`` of them (the
-        upper triangle of the per-observation ``J^T J``) and for each column's
-        gradient entry, the flat position in one buffer holding ``hee``
-        (upper triangles), ``hek``, ``hkk`` (upper triangle, dummy row and
-        column ``m`` for held unknowns), ``ge`` and ``gk``.  One ``bincount``
-        then accumulates every product of an iteration.
+        upper triangle of the per-observation ``J^T J``, row by row) and for
+        each column's gradient entry, the flat position in one buffer
+        holding ``hee`` (upper triangles), ``hek``, ``hkk`` (upper triangle,
+        dummy row and column ``m`` for held unknowns), ``ge`` and ``gk``.
+        One ``bincount`` then accumulates every product of an iteration.
         """
         if self._plan is None:
             g, kpos = self._obs_layout
@@ -202,31 +213,29 @@ class SchurStructure:
             q = b + kpos.shape[1]
             ends = np.cumsum([ng * b * b, ng * b * mp, mp * mp, ng * b, mp])
             iu, ju = np.triu_indices(q)
-            rows = []
-            for i, j in zip(iu, ju):
-                if j < b:
-                    rows.append((g * b + i) * b + j)
-                elif i < b:
-                    rows.append(ends[0] + (g * b + i) * mp + kpos[:, j - b])
-                else:
-                    ki, kj = kpos[:, i - b], kpos[:, j - b]
-                    rows.append(ends[1] + np.minimum(ki, kj) * mp + np.maximum(ki, kj))
-            rows += [ends[2] + g * b + i for i in range(b)]
-            rows += [ends[3] + kpos[:, i] for i in range(kpos.shape[1])]
-            weight = np.concatenate([self._e_wt, self._k_wt], axis=1).T  # (q, n_obs)
-            self._plan = (np.concatenate(rows), iu, ju, np.concatenate([self._e_src, self._k_src]),
-                          np.ascontiguousarray(weight), ends)
+            # the position of every active column of every observation: (q, n_obs)
+            pos = np.concatenate([g[None, :] * b + np.arange(b)[:, None], kpos.T])
+            targets = np.empty((len(iu) + q, len(g)), dtype=np.int64)
+            ee, ek, kk = (ju < b), (iu < b) & (ju >= b), (iu >= b)
+            targets[:len(iu)][ee] = pos[iu[ee]] * b + ju[ee][:, None]
+            targets[:len(iu)][ek] = ends[0] + pos[iu[ek]] * mp + pos[ju[ek]]
+            lo, hi = np.minimum(pos[iu[kk]], pos[ju[kk]]), np.maximum(pos[iu[kk]], pos[ju[kk]])
+            targets[:len(iu)][kk] = ends[1] + lo * mp + hi
+            targets[len(iu):len(iu) + b] = ends[2] + pos[:b]
+            targets[len(iu) + b:] = ends[3] + pos[b:]
+            self._plan = (targets.reshape(-1), np.cumsum(np.concatenate([[0], np.arange(q, 0, -1)])), ends)
         return self._plan
 
-    def assemble(self, jac_view, jac_point, resid):
+    def assemble(self, jac, resid):
         """Accumulate ``J^T J`` and ``J^T r`` in block form.
 
         Parameters
         ----------
-        jac_view : ndarray, shape (n_obs, 2, N_VIEW)
-        jac_point : ndarray, shape (n_obs, 2, 3)
-            Weighted Jacobian rows of each observation.
-        resid : ndarray, shape (n_obs, 2)
+        jac : ndarray, shape (2, b + nk, n_obs)
+            Weighted derivatives of each observation's two rows by its
+            active columns (block columns, then kept columns; column weights
+            applied: :meth:`column_weights`).
+        resid : ndarray, shape (2, n_obs)
             Weighted residuals.
 
         Returns
@@ -235,18 +244,21 @@ class SchurStructure:
         """
         b, m, ng = self.block_size, self.n_kept, self.n_groups
         mp = m + 1
-        targets, iu, ju, src, weight, ends = self._numpy_plan()
-        # the active columns, column-major: jac[r] (q, n_obs) is row r of every observation's block
-        base = np.concatenate([jac_view, jac_point], axis=2).transpose(1, 2, 0)
-        jac = base[:, src] * weight
-        j0, j1 = jac[0], jac[1]
-        npairs = len(iu)
-        values = np.empty((npairs + len(src), j0.shape[1]))
-        np.multiply(j0[iu], j0[ju], out=values[:npairs])
-        values[:npairs] += j1[iu] * j1[ju]
-        np.multiply(j0, resid[:, 0], out=values[npairs:])
-        values[npairs:] += j1 * resid[:, 1]
-        flat = np.bincount(targets, values.ravel(), minlength=ends[-1])
+        targets, starts, ends = self._numpy_plan()
+        j0, j1 = jac
+        q, n = j0.shape
+        npairs = starts[-1]
+        values = np.empty((npairs + q, n))
+        tmp = np.empty((q, n))
+        for i in range(q):  # row i of the upper triangle: contiguous products, no gathered copies
+            lo, hi = starts[i], starts[i + 1]
+            np.multiply(j0[i], j0[i:], out=values[lo:hi])
+            np.multiply(j1[i], j1[i:], out=tmp[:hi - lo])
+            values[lo:hi] += tmp[:hi - lo]
+        np.multiply(j0, resid[0], out=values[npairs:])
+        np.multiply(j1, resid[1], out=tmp)
+        values[npairs:] += tmp
+        flat = np.bincount(targets, values.reshape(-1), minlength=ends[-1])
         hee = flat[:ends[0]].reshape(ng, b, b)
         hee = hee + np.triu(hee, 1).transpose(0, 2, 1)  # upper triangles -> symmetric blocks
         hek = flat[ends[0]:ends[1]].reshape(ng, b, mp)[:, :, :m]
