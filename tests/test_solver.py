@@ -1,5 +1,6 @@
 """The L-M bundle solver: exact recovery, Schur choices, compiled vs numpy, input checks."""
 
+import dataclasses
 import numpy as np
 import pytest
 from conftest import series_from_sim
@@ -27,12 +28,22 @@ def test_recovers_noise_free_truth_exactly():
     np.testing.assert_allclose(state.views[:, 1], sim.views[:, 1], atol=1e-6)
 
 
-@pytest.mark.parametrize("rotation,tilt", [("per_view", "per_view"), ("single", "fixed"), ("fixed", "fixed")])
-def test_schur_choices_and_numpy_path_agree(small_sim, rotation, tilt):
-    """Eliminating points or views, compiled or numpy: the same normal equations and the same solution."""
+@pytest.mark.parametrize("rotation,tilt,distortion", [("per_view", "per_view", "off"), ("single", "fixed", "off"),
+                                                      ("fixed", "fixed", "off"), ("grouped", "grouped", "grouped"),
+                                                      ("per_view", "per_view", "per_view")])
+def test_schur_choices_and_numpy_path_agree(small_sim, rotation, tilt, distortion):
+    """Eliminating points or views, compiled or numpy: the same normal equations and the same solution
+    (grouped parameters: two weighted slots per view parameter; distortion: all seven view columns)."""
     series = series_from_sim(small_sim)
-    options = align.AlignOptions(rotation=rotation, tilt=tilt)
+    options = align.AlignOptions(rotation=rotation, tilt=tilt, distortion=distortion, scale="grouped"
+                                 if rotation == "grouped" else "per_view")
     state = align.initial_state(series, options)
+    if distortion != "off":  # a start with distortion, so that its derivatives are not those at zero
+        rng = np.random.default_rng(1)
+        views = projection.full_views(state.views).copy()
+        views[:, projection.DMAG] = rng.uniform(-0.01, 0.01, len(views))
+        views[:, projection.SKEW] = rng.uniform(-0.005, 0.005, len(views))
+        state = dataclasses.replace(state, views=views)
     obs = series.obs.with_weight(np.random.default_rng(0).uniform(0.3, 1.0, len(series.obs.weight)))
     layout = align.stage_layout("polish", series, state, options)
     x = (state.views, state.points_xyz_px)

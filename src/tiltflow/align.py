@@ -522,15 +522,20 @@ def robust_weights(resid_xy_px, k=9.0, view_index=None, view_rank=None, window=R
     to_sigma = 1.0 / np.sqrt(2.0 * np.log(2.0))
     sigma = np.full(len(length), np.median(length) * to_sigma)
     if view_index is not None:
-        rank = np.asarray(view_rank)[view_index]
-        # stable sort on small integers (radix sort); a window is a contiguous run of the sorted lengths
-        order = np.argsort(rank.astype(np.int16 if len(view_rank) < 2**15 else np.int64), kind="stable")
-        sorted_rank, sorted_len = rank[order], length[order]
-        ranks = np.unique(sorted_rank)
-        lo = np.searchsorted(sorted_rank, ranks - window)
-        hi = np.searchsorted(sorted_rank, ranks + window + 1)
-        local = window_medians(sorted_len, lo, hi) * to_sigma
-        sigma = np.maximum(sigma, local[np.searchsorted(ranks, rank)])
+        view_rank = np.asarray(view_rank)
+        n_ranks = len(view_rank)
+        rank = view_rank[view_index]
+        # stable sort on small integers (radix sort); a window is a contiguous run of the sorted lengths,
+        # from the first observation of rank r - window to the last of rank r + window
+        order = np.argsort(rank.astype(np.int16 if n_ranks < 2**15 else np.int64), kind="stable")
+        first = np.zeros(n_ranks + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rank, minlength=n_ranks), out=first[1:])
+        ranks = np.flatnonzero(first[1:] > first[:-1])  # the ranks observed
+        lo = first[np.maximum(ranks - window, 0)]
+        hi = first[np.minimum(ranks + window + 1, n_ranks)]
+        local = np.zeros(n_ranks)
+        local[ranks] = window_medians(length[order], lo, hi) * to_sigma
+        sigma = np.maximum(sigma, local[rank])
     if not np.all(sigma > 0):
         return np.ones(len(length))
     z = length / (k * sigma)

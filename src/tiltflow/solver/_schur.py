@@ -259,11 +259,14 @@ class SchurStructure:
         np.multiply(j1, resid[1], out=tmp)
         values[npairs:] += tmp
         flat = np.bincount(targets, values.reshape(-1), minlength=ends[-1])
-        hee = flat[:ends[0]].reshape(ng, b, b)
-        hee = hee + np.triu(hee, 1).transpose(0, 2, 1)  # upper triangles -> symmetric blocks
+        # upper triangles (the rest zero) -> symmetric: add the transpose, halve the doubled diagonal
+        upper = flat[:ends[0]].reshape(ng, b, b)
+        hee = upper + upper.transpose(0, 2, 1)
+        hee.reshape(ng, b * b)[:, ::b + 1] *= 0.5
         hek = flat[ends[0]:ends[1]].reshape(ng, b, mp)[:, :, :m]
-        hkk = flat[ends[1]:ends[2]].reshape(mp, mp)[:m, :m]
-        hkk = hkk + np.triu(hkk, 1).T
+        upper = flat[ends[1]:ends[2]].reshape(mp, mp)[:m, :m]
+        hkk = upper + upper.T
+        hkk.reshape(-1)[::m + 1] *= 0.5
         return NormalEquations(self, hee, np.ascontiguousarray(hek), hkk, flat[ends[2]:ends[3]].reshape(ng, b),
                                flat[ends[3]:ends[3] + m].copy())
 
