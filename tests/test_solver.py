@@ -102,6 +102,15 @@ def test_input_checks():
     with pytest.raises(ValueError, match="NaN"):
         Observations(**{**obs_ok, "xy_px": np.array([[0, np.nan], [0, 0]])})
     obs = Observations(**obs_ok)
+    for bad, message in ((np.array([1.0, -1.0]), "finite and >= 0"), (np.array([1.0, np.nan]), "finite and >= 0"),
+                         (np.ones(3), "same length")):
+        with pytest.raises(ValueError, match=message):
+            Observations(**{**obs_ok, "weight": bad})
+        with pytest.raises(ValueError, match=message):
+            obs.with_weight(bad)
+    reweighted = obs.with_weight([0.5, 2.0])
+    np.testing.assert_array_equal(reweighted.weight, [0.5, 2.0])
+    assert reweighted.xy_px is obs.xy_px and reweighted.n_markers == 2 and obs.weight[1] == 1.0
     layout = Layout.from_masks(np.ones((1, 5), bool), np.ones((2, 3), bool))
     with pytest.raises(ValueError, match="views must have shape"):
         solve_bundle(obs, np.zeros((2, 5)), np.zeros((2, 3)), layout)

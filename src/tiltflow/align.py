@@ -120,6 +120,8 @@ def interpolate_views(views, nominal_tilt_deg, source, columns=(TILT, ROT, SCALE
     """
     views = views.copy()
     source = np.asarray(source, dtype=bool)
+    if source.all():
+        return views
     nominal = np.deg2rad(nominal_tilt_deg)
     for col in columns:
         offset = nominal if col == TILT else 0.0

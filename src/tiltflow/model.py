@@ -78,7 +78,7 @@ class Observations:
         n = len(self.marker_index)
         if self.xy_px.shape != (n, 2):
             raise ValueError(f"xy_px must have shape ({n}, 2), got {self.xy_px.shape}")
-        if self.view_index.shape != (n,) or self.weight.shape != (n,):
+        if self.view_index.shape != (n,):
             raise ValueError("marker_index, view_index and weight must have the same length")
         if n and (self.marker_index.min() < 0 or self.marker_index.max() >= self.n_markers):
             raise ValueError(f"marker_index must lie in [0, {self.n_markers}), got {self.marker_index.min()}..{self.marker_index.max()}")
@@ -86,12 +86,23 @@ class Observations:
             raise ValueError(f"view_index must lie in [0, {self.n_views}), got {self.view_index.min()}..{self.view_index.max()}")
         if not np.all(np.isfinite(self.xy_px)):
             raise ValueError("xy_px contains NaN or Inf")
-        if np.any(self.weight < 0) or not np.all(np.isfinite(self.weight)):
+        self._check_weight(self.weight)
+
+    def _check_weight(self, weight):
+        if weight.shape != (len(self.marker_index),):
+            raise ValueError("marker_index, view_index and weight must have the same length")
+        if np.any(weight < 0) or not np.all(np.isfinite(weight)):
             raise ValueError("weight must be finite and >= 0")
 
     def with_weight(self, weight):
-        """A copy with other weights."""
-        return dataclasses.replace(self, weight=np.asarray(weight, dtype=float))
+        """A copy with other weights (checked; the rest, checked already, is shared)."""
+        weight = np.asarray(weight, dtype=float)
+        self._check_weight(weight)
+        copy = object.__new__(type(self))
+        for field in dataclasses.fields(self):
+            object.__setattr__(copy, field.name, getattr(self, field.name))
+        object.__setattr__(copy, "weight", weight)
+        return copy
 
     def subset(self, keep):
         """A copy holding only the observations where ``keep`` is True."""

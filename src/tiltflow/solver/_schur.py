@@ -25,6 +25,7 @@ diagonal.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -55,6 +56,12 @@ def expand_jacobian(jac_view, jac_point, weight_obs):
     return np.concatenate([slots, jac_point], axis=2)
 
 
+@functools.lru_cache(maxsize=None)
+def _triu_indices(q):
+    """``np.triu_indices(q)`` (row by row), computed once per size."""
+    return np.triu_indices(q)
+
+
 class SchurStructure:
     """Index bookkeeping for the structured normal equations.
 
@@ -79,8 +86,10 @@ class SchurStructure:
         # view-local: one unknown used by this view parameter alone, with weight 1
         local = (used[:, :, 0] & ~used[:, :, 1] & (counts[np.maximum(view_map[:, :, 0], 0)] == 1)
                  & (layout.view_weight[:, :, 0] == 1.0))
-        view_idx = np.unique(view_map[used])
-        nonlocal_idx = np.unique(np.concatenate([view_map[:, :, 0][used[:, :, 0] & ~local], view_map[:, :, 1][used[:, :, 1]]]))
+        view_idx = np.flatnonzero(counts)  # the unknowns some view parameter uses, ascending
+        nonlocal_idx = np.flatnonzero(np.bincount(
+            np.concatenate([view_map[:, :, 0][used[:, :, 0] & ~local], view_map[:, :, 1][used[:, :, 1]]]),
+            minlength=n_params))
         point_idx = point_map[point_map >= 0]
         if eliminate == "auto":
             eliminate = "views" if len(nonlocal_idx) + len(point_idx) < len(view_idx) else "points"
@@ -212,7 +221,7 @@ class SchurStructure:
             mp = m + 1
             q = b + kpos.shape[1]
             ends = np.cumsum([ng * b * b, ng * b * mp, mp * mp, ng * b, mp])
-            iu, ju = np.triu_indices(q)
+            iu, ju = _triu_indices(q)
             # the position of every active column of every observation: (q, n_obs)
             pos = np.concatenate([g[None, :] * b + np.arange(b)[:, None], kpos.T])
             targets = np.empty((len(iu) + q, len(g)), dtype=np.int64)
