@@ -218,10 +218,18 @@ class BundleProblem:
         self.layout = layout
         self.sqrt_w = np.sqrt(obs.weight)[:, None]
         self.structure = SchurStructure(obs.view_index, obs.marker_index, layout, eliminate)
-        # the numpy path: the observations relative to the image centre, one row per coordinate; the
-        # view maps (projection.view_maps) it evaluates: the prediction, then the active columns
-        self._xy_rows = np.ascontiguousarray((obs.xy_px - np.asarray(obs.centre_xy_px, dtype=float)).T)
+        # the numpy path evaluates the view maps (projection.view_maps) of the prediction, then those of
+        # the active columns
         self._map_rows = np.concatenate([[0], 1 + self.structure.column_source])
+        self._xy_rows_cache = None
+
+    @property
+    def _xy_rows(self):
+        """The observations relative to the image centre, one row per coordinate, shape (2, n_obs) (numpy path)."""
+        if self._xy_rows_cache is None:
+            o = self.obs
+            self._xy_rows_cache = np.ascontiguousarray((o.xy_px - np.asarray(o.centre_xy_px, dtype=float)).T)
+        return self._xy_rows_cache
 
     def set_weight(self, weight):
         """Replace the observation weights, shape (n_obs,) (robust re-weighting; the layout stays)."""
@@ -248,10 +256,6 @@ class BundleProblem:
                                         o.centre_xy_px[1], out)
             return out
         return np.ascontiguousarray(self._residual_rows(views, points).T)
-
-    def residuals(self, state):
-        views, points = state
-        return self._residual_rows(views, points).T * self.sqrt_w
 
     def cost(self, state):
         views, points = state
