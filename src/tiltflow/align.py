@@ -521,7 +521,7 @@ def robust_weights(resid_xy_px, k=9.0, view_index=None, view_rank=None, window=R
     ndarray, shape (n_obs,)
         Weights in [0, 1].
     """
-    length = np.hypot(resid_xy_px[:, 0], resid_xy_px[:, 1])
+    length = np.sqrt(np.einsum("ij,ij->i", resid_xy_px, resid_xy_px))  # (np.hypot is 5x slower)
     if not len(length):
         return np.ones(0)
     to_sigma = 1.0 / np.sqrt(2.0 * np.log(2.0))

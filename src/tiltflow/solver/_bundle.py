@@ -252,8 +252,9 @@ class BundleProblem:
         o = self.obs
         if self.compiled:
             out = np.empty((len(o.view_index), 2))
-            _kernels().residual_vectors(points, views, o.marker_index, o.view_index, o.xy_px, o.centre_xy_px[0],
-                                        o.centre_xy_px[1], out)
+            kernels = _kernels()
+            kernels.residual_vectors(points, views, kernels.view_trig(views), o.marker_index, o.view_index, o.xy_px,
+                                     o.centre_xy_px[0], o.centre_xy_px[1], out)
             return out
         return np.ascontiguousarray(self._residual_rows(views, points).T)
 
@@ -261,8 +262,9 @@ class BundleProblem:
         views, points = state
         if self.compiled:
             o = self.obs
-            return float(_kernels().cost(points, views, o.marker_index, o.view_index, o.xy_px, self.sqrt_w[:, 0],
-                                       o.centre_xy_px[0], o.centre_xy_px[1]))
+            kernels = _kernels()
+            return float(kernels.cost(points, views, kernels.view_trig(views), o.marker_index, o.view_index, o.xy_px,
+                                      self.sqrt_w[:, 0], o.centre_xy_px[0], o.centre_xy_px[1]))
         r = self._residual_rows(views, points)
         r *= self.sqrt_w[:, 0]
         r = r.reshape(-1)
@@ -273,8 +275,9 @@ class BundleProblem:
         st, o = self.structure, self.obs
         if self.compiled:
             arrays = st.zeros()
-            c = _kernels().linearize(
-                points, views, o.marker_index, o.view_index, o.xy_px, self.sqrt_w[:, 0],
+            kernels = _kernels()
+            c = kernels.linearize(
+                points, views, kernels.view_trig(views), o.marker_index, o.view_index, o.xy_px, self.sqrt_w[:, 0],
                 o.centre_xy_px[0], o.centre_xy_px[1], st.eliminate == "points", st.e_free, st.e_colmap,
                 st.kpos_view, st.view_weight, st.kpos_point, *arrays,
             )

@@ -17,36 +17,46 @@ import numpy as np
 from numba import njit
 
 
+def view_trig(views):
+    """Cosine and sine of each view's tilt, rotation and skew, shape (n_views, 6): ``ct, st, ca, sa, cd, sd``.
+
+    The kernels take these per view instead of evaluating them per observation.
+    """
+    angles = views[:, [0, 1, 6]]
+    c, s = np.cos(angles), np.sin(angles)
+    return np.ascontiguousarray(np.column_stack([c[:, 0], s[:, 0], c[:, 1], s[:, 1], c[:, 2], s[:, 2]]))
+
+
 @njit(cache=True, fastmath=False)
-def _predict(points, views, i, j, out):  # pragma: no cover - compiled
+def _predict(points, views, trig, i, j, out):  # pragma: no cover - compiled
     """Fill ``out[0:2]`` with the prediction (without shift and centre) and return the section-frame pieces."""
-    ct = math.cos(views[j, 0])
-    st = math.sin(views[j, 0])
+    ct = trig[j, 0]
+    st = trig[j, 1]
     s = views[j, 2]
     xm = s + views[j, 5]
-    cd = math.cos(views[j, 6])
-    sd = math.sin(views[j, 6])
+    cd = trig[j, 4]
+    sd = trig[j, 5]
     x = points[i, 0]
     x1 = xm * cd * x
     y1 = xm * sd * x + s * points[i, 1]
     z1 = s * points[i, 2]
     u = x1 * ct + z1 * st
-    ca = math.cos(views[j, 1])
-    sa = math.sin(views[j, 1])
+    ca = trig[j, 2]
+    sa = trig[j, 3]
     out[0] = ca * u - sa * y1
     out[1] = sa * u + ca * y1
     return ct, st, s, xm, cd, sd, x1, z1, ca, sa
 
 
 @njit(cache=True, fastmath=False)
-def cost(points, views, marker_index, view_index, xy, sqrt_w, cx, cy):  # pragma: no cover - compiled
+def cost(points, views, trig, marker_index, view_index, xy, sqrt_w, cx, cy):  # pragma: no cover - compiled
     """``0.5 * sum(w * |pred - obs|^2)``."""
     total = 0.0
     p = np.empty(2)
     for k in range(marker_index.shape[0]):
         i = marker_index[k]
         j = view_index[k]
-        _predict(points, views, i, j, p)
+        _predict(points, views, trig, i, j, p)
         rx = (p[0] + views[j, 3] + cx - xy[k, 0]) * sqrt_w[k]
         ry = (p[1] + views[j, 4] + cy - xy[k, 1]) * sqrt_w[k]
         total += rx * rx + ry * ry
@@ -54,19 +64,19 @@ def cost(points, views, marker_index, view_index, xy, sqrt_w, cx, cy):  # pragma
 
 
 @njit(cache=True, fastmath=False)
-def residual_vectors(points, views, marker_index, view_index, xy, cx, cy, out):  # pragma: no cover - compiled
+def residual_vectors(points, views, trig, marker_index, view_index, xy, cx, cy, out):  # pragma: no cover - compiled
     """Unweighted residuals ``pred - obs`` into ``out`` (n_obs, 2)."""
     p = np.empty(2)
     for k in range(marker_index.shape[0]):
         i = marker_index[k]
         j = view_index[k]
-        _predict(points, views, i, j, p)
+        _predict(points, views, trig, i, j, p)
         out[k, 0] = p[0] + views[j, 3] + cx - xy[k, 0]
         out[k, 1] = p[1] + views[j, 4] + cy - xy[k, 1]
 
 
 @njit(cache=True, fastmath=False)
-def linearize(points, views, marker_index, view_index, xy, sqrt_w, cx, cy,
+def linearize(points, views, trig, marker_index, view_index, xy, sqrt_w, cx, cy,
               eliminate_points, e_free, e_colmap, kpos_view, view_weight, kpos_point,
               hee, hek, hkk, ge, gk):  # pragma: no cover - compiled
     """Accumulate the normal equations; returns the cost.
@@ -91,7 +101,7 @@ def linearize(points, views, marker_index, view_index, xy, sqrt_w, cx, cy,
         i = marker_index[k]
         j = view_index[k]
         w = sqrt_w[k]
-        ct, st, s, xm, cd, sd, x1, z1, ca, sa = _predict(points, views, i, j, p)
+        ct, st, s, xm, cd, sd, x1, z1, ca, sa = _predict(points, views, trig, i, j, p)
         rx = (p[0] + views[j, 3] + cx - xy[k, 0]) * w
         ry = (p[1] + views[j, 4] + cy - xy[k, 1]) * w
         total += rx * rx + ry * ry
