@@ -1,6 +1,7 @@
 """The L-M bundle solver: exact recovery, Schur choices, compiled vs numpy, input checks."""
 
 import dataclasses
+
 import numpy as np
 import pytest
 from conftest import series_from_sim
@@ -45,25 +46,28 @@ def test_schur_choices_and_numpy_path_agree(small_sim, rotation, tilt, distortio
         views[:, projection.SKEW] = rng.uniform(-0.005, 0.005, len(views))
         state = dataclasses.replace(state, views=views)
     obs = series.obs.with_weight(np.random.default_rng(0).uniform(0.3, 1.0, len(series.obs.weight)))
-    layout = align.stage_layout("polish", series, state, options)
-    x = (state.views, state.points_xyz_px)
-    ref = None
-    sols = []
-    for eliminate in ("points", "views"):
-        for compiled in (True, False):
-            cost, ne = BundleProblem(obs, layout, eliminate, compiled).linearize(x)
-            g = ne.gradient()
-            step = ne.solve(1e-3, *ne.diagonal())
-            if ref is None:
-                ref = (cost, g, step)
-            np.testing.assert_allclose(cost, ref[0], rtol=1e-12)
-            np.testing.assert_allclose(g, ref[1], rtol=1e-9, atol=1e-9 * np.abs(ref[1]).max())
-            np.testing.assert_allclose(step, ref[2], rtol=1e-6, atol=1e-9 * np.abs(ref[2]).max())
-            sol = solve_bundle(obs, *x, layout, eliminate=eliminate, compiled=compiled)
-            assert sol.eliminated == eliminate
-            sols.append(sol)
-    for sol in sols[1:]:
-        assert sol.report.cost == pytest.approx(sols[0].report.cost, rel=1e-9)
+    points = state.points_xyz_px.copy()
+    points[:, 2] = np.random.default_rng(2).uniform(-40, 40, len(points))  # at z = 0 the zero-tilt view's tilt is free
+    x = (state.views, points)
+    for stage in ("polish", "tilt"):  # tilt: the markers held (no point columns at all)
+        layout = align.stage_layout(stage, series, state, options)
+        ref = None
+        sols = []
+        for eliminate in ("points", "views"):
+            for compiled in (True, False):
+                cost, ne = BundleProblem(obs, layout, eliminate, compiled).linearize(x)
+                g = ne.gradient()
+                step = ne.solve(1e-3, *ne.diagonal())
+                if ref is None:
+                    ref = (cost, g, step)
+                np.testing.assert_allclose(cost, ref[0], rtol=1e-12)
+                np.testing.assert_allclose(g, ref[1], rtol=1e-9, atol=1e-9 * np.abs(ref[1]).max())
+                np.testing.assert_allclose(step, ref[2], rtol=1e-6, atol=1e-9 * np.abs(ref[2]).max())
+                sol = solve_bundle(obs, *x, layout, eliminate=eliminate, compiled=compiled)
+                assert sol.eliminated == eliminate
+                sols.append(sol)
+        for sol in sols[1:]:
+            assert sol.report.cost == pytest.approx(sols[0].report.cost, rel=1e-9)
 
 
 def test_auto_picks_the_smaller_dense_system(small_sim):

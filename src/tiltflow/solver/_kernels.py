@@ -11,8 +11,6 @@ two weighted slots (grouped parameters).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 

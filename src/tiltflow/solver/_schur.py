@@ -56,7 +56,7 @@ def expand_jacobian(jac_view, jac_point, weight_obs):
     return np.concatenate([slots, jac_point], axis=2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triu_indices(q):
     """``np.triu_indices(q)`` (row by row), computed once per size."""
     return np.triu_indices(q)
@@ -141,8 +141,10 @@ class SchurStructure:
             kpos = self.kpos_view[view_index].reshape(len(view_index), N_SLOTS)[:, slot_cols]
         else:
             self.e_cols = SLOT0_COLS[e_used]
-            self.k_cols = np.concatenate([POINT_COLS, slot_cols])
-            kpos = np.concatenate([self.kpos_point[marker_index],
+            # point columns only where some marker coordinate is free (none when the stage holds the markers)
+            point_cols = np.flatnonzero((self.kpos_point >= 0).any(axis=0))
+            self.k_cols = np.concatenate([POINT_COLS[point_cols], slot_cols])
+            kpos = np.concatenate([self.kpos_point[marker_index][:, point_cols],
                                    self.kpos_view[view_index].reshape(len(view_index), N_SLOTS)[:, slot_cols]], axis=1)
         self._obs_layout = (group_of_obs, np.where(kpos >= 0, kpos, m))
         self._plan = None
