@@ -317,6 +317,47 @@ def test_bundle_steps_in_mixed_precision_are_the_double_precision_steps(monkeypa
         np.testing.assert_allclose(sol_m.views, sol_d.views, atol=1e-9)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_banded_reduced_system_gives_the_double_precision_steps(compiled, monkeypatch):
+    """Marker blocks are numbered by the first view they touch: with tracks over part of the series (patch
+    tracking), chunks of consecutive blocks couple to a band of the reduced system only; forming and
+    applying it band by band (small chunks here) gives the double-precision steps and solution."""
+    import sys
+
+    import scipy.linalg  # noqa: F401
+
+    from tiltflow.solver import _schur
+
+    monkeypatch.setattr(_schur, "MIXED_CHUNK_ROWS", 12)
+    spec = simulate.SimulationSpec(n_views=61, n_markers=90, n_full_tracks=3, track_fraction=(0.15, 0.4),
+                                   noise_px=0.4, seed=9)
+    series = series_from_sim(simulate.simulate(spec))
+    options = align.AlignOptions()
+    state = align.initial_state(series, options)
+    layout = align.stage_layout("polish", series, state, options)
+    x = (state.views, state.points_xyz_px)
+    problem = BundleProblem(series.obs, layout, "points", compiled=compiled)
+    st = problem.structure
+    assert st.n_kept >= _schur.MIXED_MIN
+    lo, hi = st.windows
+    assert np.all(np.diff(lo) >= 0) and sorted(st.group_entity) == list(range(series.obs.n_markers))
+    _, ne = problem.linearize(x)
+    cols = np.arange(st.n_kept)
+    outside = (cols[None, :] < lo[:, None]) | (cols[None, :] >= hi[:, None])  # (n_groups, m)
+    assert np.abs(ne.hek).max(axis=1)[outside].max() == 0.0  # nothing outside the windows
+    chunks = _schur.band_chunks(st.windows, st.block_size)
+    assert np.mean([wh - wl for *_, wl, wh in chunks]) < 0.6 * st.n_kept  # a band, not the whole system
+    step_m = ne.solve(1e-4, *ne.diagonal())
+    sol_m = solve_bundle(series.obs, *x, layout, eliminate="points", compiled=compiled)
+    monkeypatch.delitem(sys.modules, "scipy.linalg")  # the double-precision solve of the whole system
+    _, ne = BundleProblem(series.obs, layout, "points", compiled=compiled).linearize(x)
+    step_d = ne.solve(1e-4, *ne.diagonal())
+    sol_d = solve_bundle(series.obs, *x, layout, eliminate="points", compiled=compiled)
+    np.testing.assert_allclose(step_m, step_d, rtol=1e-7, atol=1e-9 * np.abs(step_d).max())
+    assert sol_m.report.cost == pytest.approx(sol_d.report.cost, rel=1e-9)
+    np.testing.assert_allclose(sol_m.views, sol_d.views, atol=1e-9)
+
+
 def test_window_medians_are_the_medians_compiled_or_not(monkeypatch):
     """Windowed medians (robust scales) equal np.median per window, odd and even counts, both code paths."""
     from tiltflow.solver import _bundle, window_medians

@@ -250,7 +250,7 @@ def _covariance_blocks(ne):
     try:
         hee_inv = np.linalg.inv(hee)
     except np.linalg.LinAlgError:
-        bad = [int(g) for g in range(st.n_groups) if np.linalg.matrix_rank(hee[g]) < b]
+        bad = [int(st.group_entity[g]) for g in range(st.n_groups) if np.linalg.matrix_rank(hee[g]) < b]
         log.warning("%s blocks %s are not determined by their weighted observations; their standard errors and "
                     "leave-out errors use a pseudo-inverse and are not meaningful",
                     "marker" if st.eliminate == "points" else "view", bad)

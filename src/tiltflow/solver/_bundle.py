@@ -278,7 +278,7 @@ class BundleProblem:
             kernels = _kernels()
             c = kernels.linearize(
                 points, views, kernels.view_trig(views), o.marker_index, o.view_index, o.xy_px, self.sqrt_w[:, 0],
-                o.centre_xy_px[0], o.centre_xy_px[1], st.eliminate == "points", st.e_free, st.e_colmap,
+                o.centre_xy_px[0], o.centre_xy_px[1], st.eliminate == "points", st.group_of, st.e_free, st.e_colmap,
                 st.kpos_view, st.view_weight, st.kpos_point, *arrays,
             )
             return float(c), NormalEquations(st, *arrays)

@@ -75,7 +75,7 @@ def residual_vectors(points, views, trig, marker_index, view_index, xy, cx, cy, 
 
 @njit(cache=True, fastmath=False)
 def linearize(points, views, trig, marker_index, view_index, xy, sqrt_w, cx, cy,
-              eliminate_points, e_free, e_colmap, kpos_view, view_weight, kpos_point,
+              eliminate_points, group_of, e_free, e_colmap, kpos_view, view_weight, kpos_point,
               hee, hek, hkk, ge, gk):  # pragma: no cover - compiled
     """Accumulate the normal equations; returns the cost.
 
@@ -84,7 +84,8 @@ def linearize(points, views, trig, marker_index, view_index, xy, sqrt_w, cx, cy,
     slot 0 of view parameter ``c`` is eliminated instead, as block column
     ``e_colmap[c]`` (-1: none) where ``e_free`` says it is free; with
     ``eliminate_points``, coordinate ``c`` is block column ``e_colmap[c]``.
-    ``hee (n_groups, b, b)``, ``hek (n_groups, b, m)``, ``hkk (m, m)``,
+    ``group_of`` gives the eliminated group (block) of each marker (or view);
+    ``e_free`` is indexed by group.  ``hee (n_groups, b, b)``, ``hek (n_groups, b, m)``, ``hkk (m, m)``,
     ``ge (n_groups, b)``, ``gk (m,)`` must be zero on entry.
     """
     nv = 7
@@ -145,14 +146,14 @@ def linearize(points, views, trig, marker_index, view_index, xy, sqrt_w, cx, cy,
         base[1, 9] = sa * st * s * w
         # the active columns: weighted view slots, then the point's coordinates
         n_act = 0
-        g = i if eliminate_points else j
+        g = group_of[i] if eliminate_points else group_of[j]
         for c in range(nv):
             for slot in range(2):
                 kc = kpos_view[j, c, slot]
                 ec = -1
                 if not eliminate_points and slot == 0:
                     ec = e_colmap[c]
-                    if ec >= 0 and not e_free[j, ec]:
+                    if ec >= 0 and not e_free[g, ec]:
                         ec = -1
                 if kc >= 0 or ec >= 0:
                     wt = view_weight[j, c, slot]
@@ -166,7 +167,7 @@ def linearize(points, views, trig, marker_index, view_index, xy, sqrt_w, cx, cy,
             kc = -1
             if eliminate_points:
                 ec = e_colmap[c]
-                if ec >= 0 and not e_free[i, ec]:
+                if ec >= 0 and not e_free[g, ec]:
                     ec = -1
             else:
                 kc = kpos_point[i, c]

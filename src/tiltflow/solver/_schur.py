@@ -146,6 +146,12 @@ class SchurStructure:
             self.k_cols = np.concatenate([POINT_COLS[point_cols], slot_cols])
             kpos = np.concatenate([self.kpos_point[marker_index][:, point_cols],
                                    self.kpos_view[view_index].reshape(len(view_index), N_SLOTS)[:, slot_cols]], axis=1)
+        # eliminated group of each entity (marker or view) and entity of each group
+        self.group_of = np.arange(len(e_map))
+        self.group_entity = self.group_of
+        self.windows = (np.zeros(len(e_map), dtype=np.int64), np.full(len(e_map), m, dtype=np.int64))
+        if eliminate == "points" and len(e_map) > 1 and m:
+            group_of_obs = self._band_order(view_index, marker_index, m)
         self._obs_layout = (group_of_obs, np.where(kpos >= 0, kpos, m))
         self._plan = None
         # the active columns (block columns, then kept columns): which base derivative each takes
@@ -163,9 +169,36 @@ class SchurStructure:
             view_factor[:b] *= self.e_free.T
         elif not self.e_free.all():
             marker_factor = np.ones((len(cols), len(point_map)))
-            marker_factor[:b] = self.e_free.T
+            marker_factor[:b] = self.e_free[self.group_of].T
         self.view_factor, self.marker_factor = view_factor, marker_factor
         self._indices = (np.asarray(view_index, dtype=np.int64), np.asarray(marker_index, dtype=np.int64))
+
+    def _band_order(self, view_index, marker_index, m):
+        """Number the marker blocks by the first kept unknown they touch; returns each observation's group.
+
+        The kept unknowns are numbered view by view (in the views' order, normally tilt order) after
+        any shared ones; a track covers a contiguous run of views, so consecutive blocks in this
+        order couple to a narrow band of the reduced system: ``windows`` holds each group's range
+        ``[lo, hi)`` of kept positions, which :func:`_mixed_reduced_solve` forms chunk by chunk.
+        """
+        n_views = len(self.kpos_view)
+        kv = self.kpos_view.reshape(n_views, -1)
+        lo_view = np.where(kv >= 0, kv, m).min(axis=1)
+        hi_view = np.where(kv >= 0, kv + 1, 0).max(axis=1)
+        n_markers = len(self.e_map)
+        lo = np.full(n_markers, m, dtype=np.int64)
+        hi = np.zeros(n_markers, dtype=np.int64)
+        np.minimum.at(lo, marker_index, lo_view[view_index])
+        np.maximum.at(hi, marker_index, hi_view[view_index])
+        entity = np.argsort(lo, kind="stable")
+        self.group_entity = entity
+        self.group_of = np.empty_like(entity)
+        self.group_of[entity] = np.arange(n_markers)
+        self.e_map = self.e_map[entity]
+        self.e_free = self.e_map >= 0
+        self._e_param = self.e_map[self.e_free]
+        self.windows = (lo[entity], hi[entity])
+        return self.group_of[np.asarray(marker_index, dtype=np.int64)]
 
     def column_weights(self, lo=0, hi=None):
         """Weights of the active columns for observations ``lo:hi``, shape (b + nk, n)."""
@@ -325,8 +358,9 @@ def _atv(a, v):
 #: BLAS speed, half the memory traffic) and refined in double precision (see
 #: :func:`_mixed_reduced_solve`); needs scipy.linalg loaded, as ``warm_up`` does for large problems.
 MIXED_MIN = 200
-#: Rows of the whitened coupling ``U`` converted to single precision at a time (bounds the copy).
-MIXED_CHUNK_ELEMENTS = 1 << 21
+#: Rows of the whitened coupling ``U`` formed (and converted to single precision) at a time: a chunk of
+#: consecutive eliminated groups, whose product touches only the union of their kept-unknown windows.
+MIXED_CHUNK_ROWS = 1024
 #: The refined reduced step is accepted when its residual is below this fraction of the right-hand side
 #: (double-precision accuracy for the step) ...
 MIXED_RTOL = 1e-10
@@ -334,22 +368,58 @@ MIXED_RTOL = 1e-10
 MIXED_MAX_REFINEMENTS = 3
 
 
-def _mixed_reduced_solve(linalg, linv, hek, hkk, damping_k, rhs):
+def band_chunks(windows, block_size):
+    """Chunks ``(g0, g1, lo, hi)`` of consecutive groups and the kept positions ``lo:hi`` they touch.
+
+    ``windows`` is ``(lo, hi)`` per group (:attr:`SchurStructure.windows`); a chunk holds about
+    :data:`MIXED_CHUNK_ROWS` rows (``block_size`` per group).  Chunks touching nothing are left out.
+    """
+    lo, hi = windows
+    per = max(1, MIXED_CHUNK_ROWS // max(block_size, 1))
+    chunks = []
+    for g0 in range(0, len(lo), per):
+        g1 = min(g0 + per, len(lo))
+        wl, wh = int(lo[g0:g1].min()), int(hi[g0:g1].max())
+        if wh > wl:
+            chunks.append((g0, g1, wl, wh))
+    return chunks
+
+
+def _hek_dot(hek, chunks, x):
+    """``hek @ x`` (n_groups, b), each chunk of groups over its window of ``x`` only."""
+    ng, b, m = hek.shape
+    out = np.zeros((ng, b))
+    for g0, g1, wl, wh in chunks:
+        out[g0:g1] = (hek[g0:g1, :, wl:wh].reshape(-1, wh - wl) @ x[wl:wh]).reshape(-1, b)
+    return out
+
+
+def _hek_tdot(hek, chunks, v):
+    """``sum_g hek_g^T v_g`` (m,) for ``v`` (n_groups, b), chunk by chunk over their windows."""
+    ng, b, m = hek.shape
+    out = np.zeros(m)
+    for g0, g1, wl, wh in chunks:
+        out[wl:wh] += v[g0:g1].reshape(-1) @ hek[g0:g1, :, wl:wh].reshape(-1, wh - wl)
+    return out
+
+
+def _mixed_reduced_solve(linalg, linv, hek, hkk, damping_k, rhs, windows=None):
     """Solve the reduced system ``S dk = rhs``, ``S = hkk + diag(damping_k) - U^T U``, ``U = L^-1 hek``.
 
     ``S`` is accumulated in single precision (``ssyrk`` over chunks of
-    ``U``'s rows, so no double-precision copy of ``U`` is made) and
-    factorised by ``spotrf``; the single-precision solution is then
-    corrected by iterative refinement, its residual evaluated in double
-    precision with ``S`` applied implicitly (``hkk``, ``L`` and ``hek``: two
-    passes over ``hek``), until the residual is below :data:`MIXED_RTOL` of
-    the right-hand side: the step of the double-precision system.  The
-    reduced systems of bundle problems are well conditioned once
-    Jacobi-scaled (measured condition numbers 1e2-1e4 on 121 views x 200
-    markers; single-precision steps within 5e-6), so one refinement
-    usually suffices; when :data:`MIXED_MAX_REFINEMENTS` do not, or single
-    precision loses definiteness, the system is solved again in double
-    precision.
+    :data:`MIXED_CHUNK_ROWS` rows of ``U``, so no double-precision copy of
+    ``U`` is made; each chunk updates only the block of ``S`` its groups'
+    windows span) and factorised by ``spotrf``; the single-precision
+    solution is then corrected by iterative refinement, its residual
+    evaluated in double precision with ``S`` applied implicitly (``hkk``,
+    ``L`` and ``hek`` over the windows), until the residual is below
+    :data:`MIXED_RTOL` of the right-hand side: the step of the
+    double-precision system.  The reduced systems of bundle problems are
+    well conditioned once Jacobi-scaled (measured condition numbers
+    1e2-1e4 on 121 views x 200 markers; single-precision steps within
+    5e-6), so one or two refinements suffice; when
+    :data:`MIXED_MAX_REFINEMENTS` do not, or single precision loses
+    definiteness, the system is solved again in double precision.
 
     Parameters
     ----------
@@ -362,6 +432,9 @@ def _mixed_reduced_solve(linalg, linv, hek, hkk, damping_k, rhs):
     damping_k : ndarray, shape (m,)
         Damping added to the diagonal of ``hkk``.
     rhs : ndarray, shape (m,)
+    windows : (ndarray, ndarray), optional
+        Range ``[lo, hi)`` of kept positions where each group's ``hek`` may
+        be non-zero (:attr:`SchurStructure.windows`); default: all.
 
     Returns
     -------
@@ -369,20 +442,22 @@ def _mixed_reduced_solve(linalg, linv, hek, hkk, damping_k, rhs):
         None when ``S`` is not positive definite.
     """
     ng, b, m = hek.shape
+    if windows is None:
+        windows = (np.zeros(ng, dtype=np.int64), np.full(ng, m, dtype=np.int64))
+    chunks = band_chunks(windows, b)
     blas, lapack = linalg.blas, linalg.lapack
     s32 = np.array(hkk, dtype=np.float32, order="F")
     s32[np.diag_indices(m)] += damping_k
-    per = max(1, MIXED_CHUNK_ELEMENTS // (b * m))
-    for g0 in range(0, ng, per):
-        u = (linv[g0:g0 + per] @ hek[g0:g0 + per]).reshape(-1, m).astype(np.float32)
-        # upper triangle of S -= U^T U (u.T is Fortran-ordered: no copy)
-        s32 = blas.ssyrk(-1.0, u.T, beta=1.0, c=s32, trans=0, lower=0, overwrite_c=1)
+    for g0, g1, wl, wh in chunks:
+        u = (linv[g0:g1] @ hek[g0:g1, :, wl:wh]).reshape(-1, wh - wl).astype(np.float32)
+        # upper triangle of S -= U^T U on the chunk's block (u.T is Fortran-ordered: no copy)
+        s32[wl:wh, wl:wh] = blas.ssyrk(-1.0, u.T, beta=1.0, c=s32[wl:wh, wl:wh], trans=0, lower=0)
     factor, info = lapack.spotrf(s32, lower=0, clean=0, overwrite_a=1)
     if info == 0:
 
         def apply_s(x):
-            ux = _bmv(linv, hek @ x)
-            return hkk @ x + damping_k * x - _atv(hek, _bmv_t(linv, ux))
+            ux = _bmv(linv, _hek_dot(hek, chunks, x))
+            return hkk @ x + damping_k * x - _hek_tdot(hek, chunks, _bmv_t(linv, ux))
 
         x = lapack.spotrs(factor, rhs.astype(np.float32), lower=0)[0].astype(float)
         target = MIXED_RTOL * np.linalg.norm(rhs)
@@ -467,11 +542,12 @@ class NormalEquations:
         m = st.n_kept
         linalg = sys.modules.get("scipy.linalg")
         if m >= MIXED_MIN and linalg is not None:
-            rhs = -self.gk + _atv(self.hek, _bmv_t(linv, y))
-            dk = _mixed_reduced_solve(linalg, linv, self.hek, self.hkk, mu * diag_k, rhs)
+            chunks = band_chunks(st.windows, b)
+            rhs = -self.gk + _hek_tdot(self.hek, chunks, _bmv_t(linv, y))
+            dk = _mixed_reduced_solve(linalg, linv, self.hek, self.hkk, mu * diag_k, rhs, st.windows)
             if dk is None:
                 return None
-            de = _bmv_t(linv, -y - _bmv(linv, self.hek @ dk))
+            de = _bmv_t(linv, -y - _bmv(linv, _hek_dot(self.hek, chunks, dk)))
         elif m:
             u = linv @ self.hek  # (n_groups, b, m)
             u_flat = u.reshape(st.n_groups * b, m)
