@@ -387,7 +387,7 @@ def band_chunks(windows, block_size):
 
 def _hek_dot(hek, chunks, x):
     """``hek @ x`` (n_groups, b), each chunk of groups over its window of ``x`` only."""
-    ng, b, m = hek.shape
+    ng, b, _ = hek.shape
     out = np.zeros((ng, b))
     for g0, g1, wl, wh in chunks:
         out[g0:g1] = (hek[g0:g1, :, wl:wh].reshape(-1, wh - wl) @ x[wl:wh]).reshape(-1, b)
@@ -396,8 +396,7 @@ def _hek_dot(hek, chunks, x):
 
 def _hek_tdot(hek, chunks, v):
     """``sum_g hek_g^T v_g`` (m,) for ``v`` (n_groups, b), chunk by chunk over their windows."""
-    ng, b, m = hek.shape
-    out = np.zeros(m)
+    out = np.zeros(hek.shape[2])
     for g0, g1, wl, wh in chunks:
         out[wl:wh] += v[g0:g1].reshape(-1) @ hek[g0:g1, :, wl:wh].reshape(-1, wh - wl)
     return out
