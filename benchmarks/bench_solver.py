@@ -14,7 +14,7 @@ the view nearest zero tilt with z = 0).
 
 tiltflow: ``align.align`` -- all four stages (initial, main, tilt, polish),
 robust re-weighting on, default options; the time is ``solve_seconds`` as
-``summary.json`` reports it (sum of the stages), median of repeats.  The numba
+``summary.json`` reports it (sum of the stages), median of repeats (7).  The numba
 kernels are loaded before timing (a job loads them once, ~0.5 s, and only from
 ``COMPILED_MIN_OBSERVATIONS`` observations on); the load is reported apart.
 
@@ -28,12 +28,12 @@ re-weighting).  Its time includes building the sparsity pattern.  With
 
 Both run in one process with the C allocator set as tiltflow's solver sets
 it (``solver.keep_freed_memory``, made before anything is timed): scipy's
-iterations allocate as much as tiltflow's and get the same benefit.  Timing
-starts after :func:`settle_process` (:data:`SETTLE_SECONDS` of both solvers
-on the smallest problem, untimed): on this VM a fresh process runs its first
-second or so up to 1.5x slower (36-43 ms instead of 24-26 ms for the
-107 x 30 solve, measured), which would otherwise fall on whichever solver
-is timed first.
+iterations allocate as much as tiltflow's and get the same benefit.  This VM
+has slow phases of a few seconds at any time (the 107 x 30 solve at 35-40 ms
+instead of 24-27 ms, scipy likewise, measured in one process over 120 runs),
+so the solvers are timed interleaved, round by round (tiltflow, then each
+scipy variant), and besides the ratio of the medians (``*_speedup``) the
+median of the ratios within a round is reported (``*_paired_speedup``).
 
 Peak memory: ``tracemalloc`` peak of the numpy allocations during one
 ``align.align`` (inputs excluded).
@@ -84,20 +84,6 @@ PROBLEMS = {
 TILTFLOW_ONLY = ("huge_121x20000",)
 
 
-#: Seconds of untimed work before anything is timed (see the module docstring).
-SETTLE_SECONDS = 2.0
-
-
-def settle_process(seconds=SETTLE_SECONDS):
-    """Run both solvers on the smallest problem, untimed, for ``seconds``."""
-    series = make_series(simulate.simulate(PROBLEMS["paper_107x30"]))
-    warm_up(len(series.obs.view_index))
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        align.align(series)
-        run_scipy(series)
-
-
 def make_series(sim, axis_error_deg=0.5):
     n = len(sim.marker)
     n_m, n_v = sim.points_xyz_px.shape[0], len(sim.nominal_tilt_deg)
@@ -106,16 +92,10 @@ def make_series(sim, axis_error_deg=0.5):
                         sim.tilt_axis_deg + axis_error_deg, sim.width, sim.height, np.zeros(n_v, dtype=bool))
 
 
-def run_tiltflow(series, repeats):
-    """Median ``solve_seconds`` over ``repeats`` runs, the last state, and the numba load time."""
-    t0 = time.perf_counter()
-    warm_up(len(series.obs.view_index))
-    load = time.perf_counter() - t0
-    times, state = [], None
-    for _ in range(repeats):
-        state = align.align(series)
-        times.append(sum(s.seconds for s in state.stages))
-    return statistics.median(times), state, load
+def run_tiltflow(series):
+    """``solve_seconds`` of one alignment and its state."""
+    state = align.align(series)
+    return sum(s.seconds for s in state.stages), state
 
 
 def peak_memory(series):
@@ -164,25 +144,39 @@ def run_scipy(series, analytic=False):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--scipy-repeats", type=int, default=3)
+    ap.add_argument("--scipy-repeats", type=int, default=7)
     ap.add_argument("--problems", default="paper_107x30,large_121x200,patch_61x3000,huge_121x20000")
     ap.add_argument("--skip-scipy-large", action="store_true", help="scipy on the paper problem only")
     ap.add_argument("--scipy-analytic", action="store_true", help="also scipy with the exact sparse Jacobian")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "solver.json"))
     args = ap.parse_args()
     keep_freed_memory()  # for both solvers (see the module docstring)
-    settle_process()
     report = {}
     for name in args.problems.split(","):
         spec = PROBLEMS[name]
         sim = simulate.simulate(spec)
         series = make_series(sim)
         repeats = 1 if name in TILTFLOW_ONLY else args.repeats
-        t_ours, state, load = run_tiltflow(series, repeats)
+        t0 = time.perf_counter()
+        warm_up(len(series.obs.view_index))
+        load = time.perf_counter() - t0
+        run_sp = name not in TILTFLOW_ONLY and not (args.skip_scipy_large and name != "paper_107x30")
+        variants = (("fd", "analytic") if args.scipy_analytic else ("fd",)) if run_sp else ()
+        # interleaved: round r times tiltflow, then each scipy variant (first scipy_repeats rounds), so that
+        # both sample the same machine conditions (this VM has slow phases of seconds)
+        ours, theirs = [], {v: [] for v in variants}
+        for r in range(max(repeats, args.scipy_repeats if variants else 0)):
+            if r < repeats:
+                t, state = run_tiltflow(series)
+                ours.append(t)
+            for variant in variants if r < args.scipy_repeats else ():
+                theirs[variant].append(run_scipy(series, variant == "analytic"))
+        t_ours = statistics.median(ours)
         rms, mean = align.residual_stats(series, state.views, state.points_xyz_px)
         row = {
-            "n_views": spec.n_views, "n_markers": spec.n_markers, "n_observations": int(len(sim.marker)),
-            "tiltflow_seconds": t_ours, "tiltflow_rms": rms, "tiltflow_mean_residual": mean,
+            "n_views": spec.n_views, "n_markers": spec.n_markers, "n_observations": len(sim.marker),
+            "tiltflow_seconds": t_ours, "tiltflow_seconds_all": ours, "tiltflow_rms": rms,
+            "tiltflow_mean_residual": mean,
             "tiltflow_stage_seconds": [s.seconds for s in state.stages],
             "tiltflow_iterations": [s.iterations for s in state.stages],
             "tiltflow_robust_rounds": [s.robust_rounds for s in state.stages],
@@ -191,17 +185,16 @@ def main():
         }
         out_seconds, out_peak = run_outputs(series, state)
         row.update({"outputs_seconds": out_seconds, "outputs_peak_memory_mb": out_peak / 2**20})
-        run_sp = name not in TILTFLOW_ONLY and not (args.skip_scipy_large and name != "paper_107x30")
-        variants = ("fd", "analytic") if args.scipy_analytic else ("fd",)
-        for variant in variants if run_sp else ():
+        for variant, runs in theirs.items():
             key = "scipy" if variant == "fd" else "scipy_analytic"
-            runs = [run_scipy(series, variant == "analytic") for _ in range(args.scipy_repeats)]
             t_sp = statistics.median(r[0] for r in runs)
             _, v, p, res = runs[-1]
             rms_sp, mean_sp = align.residual_stats(series, v, p)
+            # the ratio within each round (same conditions for both), and its median
+            paired = statistics.median(r[0] / t for r, t in zip(runs, ours))
             row.update({f"{key}_seconds": t_sp, f"{key}_rms": rms_sp, f"{key}_mean_residual": mean_sp,
                         f"{key}_nfev": int(res.nfev), f"{key}_status": int(res.status),
-                        f"{key}_speedup": t_sp / t_ours})
+                        f"{key}_speedup": t_sp / t_ours, f"{key}_paired_speedup": paired})
         report[name] = row
         print(json.dumps({name: row}, indent=1), flush=True)
     out = Path(args.out)
@@ -209,12 +202,14 @@ def main():
     out.write_text(json.dumps(report, indent=1))
     nan = float("nan")
     print(f"\n{'problem':16s} {'obs':>8s} {'tiltflow s':>11s} {'rms':>7s} {'MB':>6s} {'scipy s':>9s} {'rms':>7s} "
-          f"{'speed-up':>9s} {'analytic s':>11s} {'speed-up':>9s} {'outputs s':>10s} {'MB':>6s}")
+          f"{'speed-up':>9s} {'paired':>7s} {'analytic s':>11s} {'speed-up':>9s} {'paired':>7s} {'outputs s':>10s} "
+          f"{'MB':>6s}")
     for name, r in report.items():
         print(f"{name:16s} {r['n_observations']:8d} {r['tiltflow_seconds']:11.4f} {r['tiltflow_rms']:7.4f} "
               f"{r['peak_memory_mb']:6.0f} {r.get('scipy_seconds', nan):9.3f} {r.get('scipy_rms', nan):7.4f} "
-              f"{r.get('scipy_speedup', nan):9.1f} {r.get('scipy_analytic_seconds', nan):11.3f} "
-              f"{r.get('scipy_analytic_speedup', nan):9.1f} {r['outputs_seconds']:10.2f} "
+              f"{r.get('scipy_speedup', nan):9.1f} {r.get('scipy_paired_speedup', nan):7.1f} "
+              f"{r.get('scipy_analytic_seconds', nan):11.3f} {r.get('scipy_analytic_speedup', nan):9.1f} "
+              f"{r.get('scipy_analytic_paired_speedup', nan):7.1f} {r['outputs_seconds']:10.2f} "
               f"{r['outputs_peak_memory_mb']:6.0f}")
 
 
