@@ -32,9 +32,12 @@ def test_recovers_noise_free_truth_exactly():
 @pytest.mark.parametrize("rotation,tilt,distortion", [("per_view", "per_view", "off"), ("single", "fixed", "off"),
                                                       ("fixed", "fixed", "off"), ("grouped", "grouped", "grouped"),
                                                       ("per_view", "per_view", "per_view")])
-def test_schur_choices_and_numpy_path_agree(small_sim, rotation, tilt, distortion):
-    """Eliminating points or views, compiled or numpy: the same normal equations and the same solution
-    (grouped parameters: two weighted slots per view parameter; distortion: all seven view columns)."""
+def test_schur_choices_and_numpy_path_agree(small_sim, rotation, tilt, distortion, monkeypatch):
+    """Eliminating points or views, compiled or numpy (on the view x marker grid or scattered per
+    observation): the same normal equations and the same solution (grouped parameters: two weighted
+    slots per view parameter; distortion: all seven view columns)."""
+    from tiltflow.solver import _schur
+
     series = series_from_sim(small_sim)
     options = align.AlignOptions(rotation=rotation, tilt=tilt, distortion=distortion, scale="grouped"
                                  if rotation == "grouped" else "per_view")
@@ -54,8 +57,13 @@ def test_schur_choices_and_numpy_path_agree(small_sim, rotation, tilt, distortio
         ref = None
         sols = []
         for eliminate in ("points", "views"):
-            for compiled in (True, False):
-                cost, ne = BundleProblem(obs, layout, eliminate, compiled).linearize(x)
+            for compiled, grid in ((True, False), (False, True), (False, False)):
+                monkeypatch.setattr(_schur, "GRID_PAIRS_PER_OBSERVATION", 4 if grid else 0)
+                problem = BundleProblem(obs, layout, eliminate, compiled)
+                if not compiled and eliminate == "views" and rotation in ("per_view", "fixed") and tilt != "grouped":
+                    # kept unknowns are marker coordinates only: the grid applies when asked for
+                    assert (problem.structure.grid_plan(series.n_views, series.obs.n_markers) is not None) == grid
+                cost, ne = problem.linearize(x)
                 g = ne.gradient()
                 step = ne.solve(1e-3, *ne.diagonal())
                 if ref is None:

@@ -222,6 +222,7 @@ class BundleProblem:
         # the active columns
         self._map_rows = np.concatenate([[0], 1 + self.structure.column_source])
         self._xy_rows_cache = None
+        self._grid_weights = None
 
     @property
     def _xy_rows(self):
@@ -237,6 +238,20 @@ class BundleProblem:
         if weight.shape != self.sqrt_w[:, 0].shape:
             raise ValueError(f"weight must have shape {self.sqrt_w[:, 0].shape}, got {weight.shape}")
         self.sqrt_w = np.sqrt(weight)[:, None]
+        self._grid_weights = None
+
+    def _grid_weight_rows(self, plan):
+        """The weights and weighted centred observations on the view x marker grid (0 where not seen)."""
+        if self._grid_weights is None:
+            o = self.obs
+            cell = plan[0]
+            n_cells = o.n_views * o.n_markers
+            w = np.zeros(n_cells)
+            w[cell] = self.sqrt_w[:, 0]
+            xyw = np.zeros((2, n_cells))
+            xyw[:, cell] = self._xy_rows * self.sqrt_w[:, 0]
+            self._grid_weights = (w.reshape(o.n_views, o.n_markers), xyw.reshape(2, o.n_views, o.n_markers))
+        return self._grid_weights
 
     def _residual_rows(self, views, points):
         """Unweighted residuals ``pred - obs`` as rows, shape (2, n_obs) (numpy path)."""
@@ -286,6 +301,18 @@ class BundleProblem:
         # into the maps: one evaluation gives residual rows and weighted Jacobian rows
         maps = projection.view_maps(views)[self._map_rows]  # (1 + q, 2, 4, n_views)
         maps[1:] *= st.view_factor[:, None, None, :]
+        plan = st.grid_plan(o.n_views, o.n_markers)
+        if plan is not None:
+            # every view's maps at every marker: the grid the normal equations are formed on
+            w, xyw = self._grid_weight_rows(plan)
+            homog = np.empty((4, o.n_markers))
+            homog[:3] = points.T
+            homog[3] = 1.0
+            grid = (maps.transpose(0, 1, 3, 2).reshape(-1, 4) @ homog).reshape(len(maps), 2, o.n_views, o.n_markers)
+            grid *= w
+            grid[0] -= xyw
+            flat = grid[0].reshape(-1)
+            return 0.5 * float(flat @ flat), st.assemble_grid(grid)
         values = projection.apply_view_maps(maps.reshape(-1, 4, maps.shape[-1]), points, o.marker_index,
                                             o.view_index).reshape(len(maps), 2, -1)
         sqrt_w = self.sqrt_w[:, 0]

@@ -56,6 +56,14 @@ def expand_jacobian(jac_view, jac_point, weight_obs):
     return np.concatenate([slots, jac_point], axis=2)
 
 
+#: The numpy path forms the normal equations on the grid of every view x marker pair (matrix
+#: products, no scatter) when the view blocks are eliminated, the kept unknowns are marker
+#: coordinates only, and there are at most this many pairs per observation (0: never) ...
+GRID_PAIRS_PER_OBSERVATION = 4
+#: ... and the grid values take at most this many bytes.
+GRID_MAX_BYTES = 32 << 20
+
+
 @functools.cache
 def _triu_indices(q):
     """``np.triu_indices(q)`` (row by row), computed once per size."""
@@ -154,6 +162,7 @@ class SchurStructure:
             group_of_obs = self._band_order(view_index, marker_index, m)
         self._obs_layout = (group_of_obs, np.where(kpos >= 0, kpos, m))
         self._plan = None
+        self._grid = None
         # the active columns (block columns, then kept columns): which base derivative each takes
         # (N_VIEW view parameters, then x, y, z) and with what weight -- the product of a per-view factor
         # (the slot's weight; whether an eliminated view block frees the column) and, when eliminated
@@ -207,6 +216,73 @@ class SchurStructure:
         if self.marker_factor is not None:
             w *= self.marker_factor[:, mi]
         return w
+
+    def grid_plan(self, n_views, n_markers):
+        """Index arrays of the grid assembly (:meth:`assemble_grid`), or None where it does not apply.
+
+        It applies when the view blocks are eliminated, every kept unknown is a marker coordinate,
+        each marker is seen at most once per view, and the view x marker grid is small
+        (:data:`GRID_PAIRS_PER_OBSERVATION`, :data:`GRID_MAX_BYTES`).  Built on first use.
+        """
+        if self._grid is None:
+            self._grid = False
+            vi, mi = self._indices
+            pairs = n_views * n_markers
+            n_point_cols = int((self.k_cols >= N_SLOTS).sum())
+            q = len(self.column_source)
+            if (self.eliminate == "views" and n_point_cols == len(self.k_cols)
+                    and pairs <= GRID_PAIRS_PER_OBSERVATION * len(vi) and 16 * (1 + q) * pairs <= GRID_MAX_BYTES):
+                cell = vi * n_markers + mi
+                if len(np.unique(cell)) == len(cell):
+                    kp = self.kpos_point[:, self.k_cols - N_SLOTS]  # (n_markers, p): kept position or -1
+                    valid = kp >= 0
+                    p = kp.shape[1]
+                    src = np.empty(self.n_kept, dtype=np.int64)  # (marker, column) of each kept unknown
+                    src[kp[valid]] = np.flatnonzero(valid.ravel())
+                    none = np.zeros(0, dtype=np.int64)
+                    rows, cols, block = [none], [none], [none]
+                    for c in range(p):
+                        for d in range(p):
+                            both = np.flatnonzero(valid[:, c] & valid[:, d])
+                            rows.append(kp[both, c])
+                            cols.append(kp[both, d])
+                            block.append(both * p * p + c * p + d)
+                    self._grid = (cell, src, np.concatenate(rows), np.concatenate(cols), np.concatenate(block),
+                                  kp[valid], np.flatnonzero(valid.ravel()))
+        return self._grid or None
+
+    def assemble_grid(self, grid):
+        """``J^T J`` and ``J^T r`` from the weighted rows on the view x marker grid (matrix products).
+
+        Parameters
+        ----------
+        grid : ndarray, shape (1 + b + p, 2, n_views, n_markers)
+            Row 0 the weighted residuals, then the weighted derivatives by the
+            view block's ``b`` columns and the ``p`` marker coordinate columns,
+            zero where a marker is not seen (:meth:`grid_plan` must apply).
+
+        Returns
+        -------
+        NormalEquations
+        """
+        _, src, rows, cols, block, kept, flat = self._grid
+        b, m = self.block_size, self.n_kept
+        _, _, n_views, n_markers = grid.shape
+        resid, je, jp = grid[0], grid[1:1 + b], grid[1 + b:]
+        p = len(jp)
+        a = je.transpose(2, 0, 1, 3).reshape(n_views, b, 2 * n_markers)  # each view's block columns
+        hee = a @ a.transpose(0, 2, 1)
+        ge = (a @ resid.transpose(1, 0, 2).reshape(n_views, 2 * n_markers, 1))[:, :, 0]
+        hkk, gk = np.zeros((m, m)), np.zeros(m)
+        if p:
+            # each (view, marker) cell is one observation: its block x coordinate products are hek's entries
+            hek = np.einsum("irvm,crvm->vimc", je, jp).reshape(n_views, b, n_markers * p)[:, :, src]
+            c = jp.transpose(3, 0, 1, 2).reshape(n_markers, p, 2 * n_views)  # each marker's coordinate columns
+            hkk[rows, cols] = (c @ c.transpose(0, 2, 1)).reshape(-1)[block]
+            gk[kept] = (c @ resid.transpose(2, 0, 1).reshape(n_markers, 2 * n_views, 1)).reshape(-1)[flat]
+        else:
+            hek = np.zeros((n_views, b, m))
+        return NormalEquations(self, hee, hek, hkk, ge, gk)
 
     def zeros(self):
         """Zeroed arrays ``(hee, hek, hkk, ge, gk)`` for the compiled kernel."""
