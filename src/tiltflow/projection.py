@@ -92,7 +92,8 @@ def view_maps(views, derivatives=True):
         its derivative by coordinate ``i`` of the marker.
     """
     vt = full_views(views).T
-    cos, sin = np.cos(vt[[TILT, ROT, SKEW]]), np.sin(vt[[TILT, ROT, SKEW]])
+    angles = vt[[TILT, ROT, SKEW]]
+    cos, sin = np.cos(angles), np.sin(angles)
     ct, ca, cd = cos
     st, sa, sd = sin
     s = vt[SCALE]

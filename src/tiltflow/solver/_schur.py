@@ -233,7 +233,7 @@ class SchurStructure:
             if (self.eliminate == "views" and n_point_cols == len(self.k_cols)
                     and pairs <= GRID_PAIRS_PER_OBSERVATION * len(vi) and 16 * (1 + q) * pairs <= GRID_MAX_BYTES):
                 cell = vi * n_markers + mi
-                if len(np.unique(cell)) == len(cell):
+                if np.bincount(cell, minlength=pairs).max(initial=0) <= 1:
                     kp = self.kpos_point[:, self.k_cols - N_SLOTS]  # (n_markers, p): kept position or -1
                     valid = kp >= 0
                     p = kp.shape[1]
@@ -247,7 +247,12 @@ class SchurStructure:
                             rows.append(kp[both, c])
                             cols.append(kp[both, d])
                             block.append(both * p * p + c * p + d)
-                    self._grid = (cell, src, np.concatenate(rows), np.concatenate(cols), np.concatenate(block),
+                    # hek[v, i, k] = X[i, c_k, v, m_k] for the products X (b, p, n_views, n_markers)
+                    b = self.block_size
+                    m_k, c_k = np.divmod(src, max(p, 1))
+                    coupling = (((np.arange(b)[None, :, None] * p + c_k[None, None, :]) * n_views
+                                 + np.arange(n_views)[:, None, None]) * n_markers + m_k[None, None, :])
+                    self._grid = (cell, coupling, np.concatenate(rows), np.concatenate(cols), np.concatenate(block),
                                   kp[valid], np.flatnonzero(valid.ravel()))
         return self._grid or None
 
@@ -265,7 +270,7 @@ class SchurStructure:
         -------
         NormalEquations
         """
-        _, src, rows, cols, block, kept, flat = self._grid
+        _, coupling, rows, cols, block, kept, flat = self._grid
         b, m = self.block_size, self.n_kept
         _, _, n_views, n_markers = grid.shape
         resid, je, jp = grid[0], grid[1:1 + b], grid[1 + b:]
@@ -276,7 +281,9 @@ class SchurStructure:
         hkk, gk = np.zeros((m, m)), np.zeros(m)
         if p:
             # each (view, marker) cell is one observation: its block x coordinate products are hek's entries
-            hek = np.einsum("irvm,crvm->vimc", je, jp).reshape(n_views, b, n_markers * p)[:, :, src]
+            products = je[:, None, 0] * jp[None, :, 0]  # (b, p, n_views, n_markers)
+            products += je[:, None, 1] * jp[None, :, 1]
+            hek = products.reshape(-1)[coupling]
             c = jp.transpose(3, 0, 1, 2).reshape(n_markers, p, 2 * n_views)  # each marker's coordinate columns
             hkk[rows, cols] = (c @ c.transpose(0, 2, 1)).reshape(-1)[block]
             gk[kept] = (c @ resid.transpose(2, 0, 1).reshape(n_markers, 2 * n_views, 1)).reshape(-1)[flat]
