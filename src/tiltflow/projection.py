@@ -134,6 +134,32 @@ def view_maps(views, derivatives=True):
     return maps
 
 
+def _homogeneous(points_xyz_px):
+    """``(x, y, z, 1)`` of every marker as columns, shape (4, n_markers)."""
+    homog = np.empty((4, len(points_xyz_px)))
+    homog[:3] = points_xyz_px.T
+    homog[3] = 1.0
+    return homog
+
+
+def view_maps_on_grid(maps, points_xyz_px):
+    """Every view's affine maps at every marker (one matrix product).
+
+    Parameters
+    ----------
+    maps : ndarray, shape (n_rows, 4, n_views)
+        Coefficients of ``(x, y, z, 1)`` per row and view.
+    points_xyz_px : ndarray, shape (n_markers, 3)
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_views, n_markers)
+    """
+    n_rows, _, n_views = maps.shape
+    grid = maps.transpose(0, 2, 1).reshape(n_rows * n_views, 4) @ _homogeneous(points_xyz_px)
+    return grid.reshape(n_rows, n_views, len(points_xyz_px))
+
+
 def apply_view_maps(maps, points_xyz_px, marker_index, view_index, out=None):
     """Evaluate per-view affine maps at the observations.
 
@@ -161,14 +187,12 @@ def apply_view_maps(maps, points_xyz_px, marker_index, view_index, out=None):
     n_markers, n_obs = len(points_xyz_px), len(marker_index)
     if out is None:
         out = np.empty((n_rows, n_obs))
-    homog = np.empty((4, n_markers))
-    homog[:3] = points_xyz_px.T
-    homog[3] = 1.0
     pairs = n_views * n_markers
     if pairs <= DENSE_PAIRS_PER_OBSERVATION * n_obs and 8 * n_rows * pairs <= DENSE_MAX_BYTES:
-        every = (maps.transpose(0, 2, 1).reshape(n_rows * n_views, 4) @ homog).reshape(n_rows, pairs)
+        every = view_maps_on_grid(maps, points_xyz_px).reshape(n_rows, pairs)
         np.take(every, view_index * n_markers + marker_index, axis=1, out=out)
         return out
+    homog = _homogeneous(points_xyz_px)
     for lo in range(0, n_obs, GATHER_CHUNK):
         vi, mi = view_index[lo:lo + GATHER_CHUNK], marker_index[lo:lo + GATHER_CHUNK]
         chunk = out[:, lo:lo + GATHER_CHUNK]

@@ -305,10 +305,8 @@ class BundleProblem:
         if plan is not None:
             # every view's maps at every marker: the grid the normal equations are formed on
             w, xyw = self._grid_weight_rows(plan)
-            homog = np.empty((4, o.n_markers))
-            homog[:3] = points.T
-            homog[3] = 1.0
-            grid = (maps.transpose(0, 1, 3, 2).reshape(-1, 4) @ homog).reshape(len(maps), 2, o.n_views, o.n_markers)
+            grid = projection.view_maps_on_grid(maps.reshape(-1, 4, o.n_views), points)
+            grid = grid.reshape(len(maps), 2, o.n_views, o.n_markers)
             grid *= w
             grid[0] -= xyw
             flat = grid[0].reshape(-1)

@@ -163,6 +163,7 @@ class SchurStructure:
         self._obs_layout = (group_of_obs, np.where(kpos >= 0, kpos, m))
         self._plan = None
         self._grid = None
+        self._chunks = None
         # the active columns (block columns, then kept columns): which base derivative each takes
         # (N_VIEW view parameters, then x, y, z) and with what weight -- the product of a per-view factor
         # (the slot's weight; whether an eliminated view block frees the column) and, when eliminated
@@ -209,13 +210,19 @@ class SchurStructure:
         self.windows = (lo[entity], hi[entity])
         return self.group_of[np.asarray(marker_index, dtype=np.int64)]
 
-    def column_weights(self, lo=0, hi=None):
-        """Weights of the active columns for observations ``lo:hi``, shape (b + nk, n)."""
-        vi, mi = self._indices[0][lo:hi], self._indices[1][lo:hi]
+    def column_weights(self):
+        """Weights of the active columns of every observation, shape (b + nk, n_obs)."""
+        vi, mi = self._indices
         w = self.view_factor[:, vi]
         if self.marker_factor is not None:
             w *= self.marker_factor[:, mi]
         return w
+
+    def chunks(self):
+        """:func:`band_chunks` of this structure's groups (built on first use)."""
+        if self._chunks is None:
+            self._chunks = band_chunks(self.windows, self.block_size)
+        return self._chunks
 
     def grid_plan(self, n_views, n_markers):
         """Index arrays of the grid assembly (:meth:`assemble_grid`), or None where it does not apply.
@@ -432,11 +439,6 @@ def _bmv_t(a, v):
     return np.einsum("nji,nj->ni", a, v)
 
 
-def _atv(a, v):
-    """``sum_g a_g^T v_g`` for (n, b, m) and (n, b): shape (m,)."""
-    return v.reshape(-1) @ a.reshape(-1, a.shape[2])
-
-
 #: Reduced systems from this size on are formed and factorised in single precision (twice the
 #: BLAS speed, half the memory traffic) and refined in double precision (see
 #: :func:`_mixed_reduced_solve`); needs scipy.linalg loaded, as ``warm_up`` does for large problems.
@@ -485,7 +487,7 @@ def _hek_tdot(hek, chunks, v):
     return out
 
 
-def _mixed_reduced_solve(linalg, linv, hek, hkk, damping_k, rhs, windows=None):
+def _mixed_reduced_solve(linalg, linv, hek, hkk, damping_k, rhs, chunks=None):
     """Solve the reduced system ``S dk = rhs``, ``S = hkk + diag(damping_k) - U^T U``, ``U = L^-1 hek``.
 
     ``S`` is accumulated in single precision (``ssyrk`` over chunks of
@@ -514,9 +516,10 @@ def _mixed_reduced_solve(linalg, linv, hek, hkk, damping_k, rhs, windows=None):
     damping_k : ndarray, shape (m,)
         Damping added to the diagonal of ``hkk``.
     rhs : ndarray, shape (m,)
-    windows : (ndarray, ndarray), optional
-        Range ``[lo, hi)`` of kept positions where each group's ``hek`` may
-        be non-zero (:attr:`SchurStructure.windows`); default: all.
+    chunks : list, optional
+        :func:`band_chunks` of the groups' windows of kept positions where
+        ``hek`` may be non-zero (:meth:`SchurStructure.chunks`); default:
+        every group over all kept positions.
 
     Returns
     -------
@@ -524,9 +527,8 @@ def _mixed_reduced_solve(linalg, linv, hek, hkk, damping_k, rhs, windows=None):
         None when ``S`` is not positive definite.
     """
     ng, b, m = hek.shape
-    if windows is None:
-        windows = (np.zeros(ng, dtype=np.int64), np.full(ng, m, dtype=np.int64))
-    chunks = band_chunks(windows, b)
+    if chunks is None:
+        chunks = band_chunks((np.zeros(ng, dtype=np.int64), np.full(ng, m, dtype=np.int64)), b)
     blas, lapack = linalg.blas, linalg.lapack
     s32 = np.array(hkk, dtype=np.float32, order="F")
     s32[np.diag_indices(m)] += damping_k
@@ -555,17 +557,6 @@ def _mixed_reduced_solve(linalg, linv, hek, hkk, damping_k, rhs, windows=None):
     s = hkk - u.T @ u
     s[np.diag_indices(m)] += damping_k
     return _spd_solve(s, rhs)
-
-
-def _atb(a, b):
-    """Flattened per-observation products ``a_k^T b_k`` of two-row blocks.
-
-    ``a`` (n, 2, p) and ``b`` (n, 2, q) give (n * p * q,) values; written
-    out because batched ``matmul`` on 2-row blocks is slow.
-    """
-    out = a[:, 0, :, None] * b[:, 0, None, :]
-    out += a[:, 1, :, None] * b[:, 1, None, :]
-    return out.ravel()
 
 
 class NormalEquations:
@@ -624,9 +615,9 @@ class NormalEquations:
         m = st.n_kept
         linalg = sys.modules.get("scipy.linalg")
         if m >= MIXED_MIN and linalg is not None:
-            chunks = band_chunks(st.windows, b)
+            chunks = st.chunks()
             rhs = -self.gk + _hek_tdot(self.hek, chunks, _bmv_t(linv, y))
-            dk = _mixed_reduced_solve(linalg, linv, self.hek, self.hkk, mu * diag_k, rhs, st.windows)
+            dk = _mixed_reduced_solve(linalg, linv, self.hek, self.hkk, mu * diag_k, rhs, chunks)
             if dk is None:
                 return None
             de = _bmv_t(linv, -y - _bmv(linv, _hek_dot(self.hek, chunks, dk)))
